@@ -1,0 +1,85 @@
+"""MoCo v2 (Chen et al., 2020): InfoNCE against a momentum encoder and a queue of keys.
+
+The loss is symmetrised over the two views and both views' keys, gathered from every process,
+are enqueued. Shuffle-BN is not implemented: with BatchNorm backbones on several processes
+use SyncBatchNorm (the trainer converts on multi-GPU runs).
+
+Example:
+    >>> import torch
+    >>> from hub_cutinit import create_ssl_model
+    >>> model = create_ssl_model("moco", "resnet18", queue_size=64)
+    >>> model.queue.shape
+    torch.Size([64, 128])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hub_cutinit.distributed import gather_no_grad
+from hub_cutinit.heads import MLPHead
+from hub_cutinit.losses import moco_infonce
+from hub_cutinit.methods.base import SSLModel, SSLOutput
+from hub_cutinit.registry import COMMON_DEFAULTS, register_method
+
+
+@register_method
+class MoCo(SSLModel):
+    """MoCo v2: projector ``Linear(D→2048) → ReLU → Linear(2048→128)``, τ = 0.2, queue."""
+
+    name = "moco"
+    family = "contrastive"
+    defaults = {
+        **COMMON_DEFAULTS,
+        "c": 3.0,
+        "weight_decay": 5e-4,
+        "optimizer": "sgd",
+        "base_lr": 0.06,
+        "temperature": 0.2,
+        "proj_hidden_dim": 2048,
+        "proj_dim": 128,
+        "head_batch_norm": False,
+        "momentum": 0.99,
+        "queue_size": 4096,
+    }
+    head_names = ("projector",)
+    teacher_parts = ("backbone", "projector")
+
+    def build_heads(self, num_features: int) -> None:
+        hp = self.hparams
+        if int(hp["queue_size"]) < 1:
+            raise ValueError(f"queue_size must be >= 1, got {hp['queue_size']}.")
+        self.projector = MLPHead(
+            [num_features, hp["proj_hidden_dim"], hp["proj_dim"]], batch_norm=hp["head_batch_norm"]
+        )
+        self.register_buffer(
+            "queue", F.normalize(torch.randn(int(hp["queue_size"]), int(hp["proj_dim"])), dim=1)
+        )
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        keys = F.normalize(gather_no_grad(keys.float()), dim=1)[: self.queue.shape[0]]
+        index = (
+            self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)
+        ) % self.queue.shape[0]
+        self.queue[index] = keys.to(self.queue.dtype)
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
+
+    def compute(
+        self, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
+    ) -> SSLOutput:
+        feats = self.backbone(torch.cat(global_views))
+        z = self.projector(feats)
+        q0, q1 = self._grad_scale(z).chunk(2)
+        assert self.teacher is not None
+        with torch.no_grad():
+            keys = self.teacher["projector"](self.teacher["backbone"](torch.cat(global_views)))
+        k0, k1 = keys.chunk(2)
+        t = float(self.hparams["temperature"])
+        queue = self.queue.clone()  # the in-place enqueue below must not touch the graph
+        loss = 0.5 * (moco_infonce(q0, k1, queue, t) + moco_infonce(q1, k0, queue, t))
+        if self.training:
+            self._enqueue(keys)
+        return SSLOutput(loss, {"backbone": feats, "projection": z})
