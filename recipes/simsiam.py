@@ -1,0 +1,12 @@
+"""Train simsiam with cut-initialisation.
+
+    python recipes/simsiam.py --backbone resnet18 --dataset builtin --epochs 1
+    accelerate launch recipes/simsiam.py --backbone resnet50 --dataset uoft-cs/cifar10 --image-size 32
+
+Every flag: `python recipes/simsiam.py --help`. The loop lives in :mod:`hub_cutinit.training`.
+"""
+
+from hub_cutinit.training import main
+
+if __name__ == "__main__":
+    main("simsiam")

@@ -1,0 +1,363 @@
+"""The model card: ``README.md`` rendered from ``config.json``, and the ``norms.png`` plot.
+
+The template is ``hub_cutinit/templates/model_card.md`` (a copy sits at the top of the
+repository as ``MODEL_CARD_TEMPLATE.md``); it is rendered with huggingface_hub's
+``ModelCard.from_template`` so the YAML header is exactly what the Hub expects.
+
+Example:
+    >>> from hub_cutinit.hub.card import format_number
+    >>> format_number(0.000512), format_number(3.0), format_number(None)
+    ('0.000512', '3', '–')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hub_cutinit.hub.format import (
+    BLOCK_KEY,
+    CARD_NAME,
+    FORMAT_VERSION,
+    PLOT_NAME,
+    read_config,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+
+__all__ = [
+    "render_model_card",
+    "build_card",
+    "plot_norm_history",
+    "load_template",
+    "format_number",
+    "CARD_TAGS",
+]
+
+#: Tags of every card (the method name is added).
+CARD_TAGS = ("self-supervised", "cut-init", "hub-cutinit", "timm")
+_METHOD_NAMES = {
+    "simclr": "SimCLR",
+    "moco": "MoCo",
+    "byol": "BYOL",
+    "simsiam": "SimSiam",
+    "dino": "DINO",
+}
+#: Built-in dataset of hub_cutinit.data and its Hub counterpart.
+_BUILTIN_DATASET = (
+    "built-in Fashion-MNIST subset (10k train / 2k test images)",
+    "zalando-datasets/fashion_mnist",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_PLACEHOLDER_REPO = "YOUR_USER/{name}"
+
+
+def load_template() -> str:
+    """The packaged model card template (Jinja2 + ``{{ card_data }}`` YAML header)."""
+    return (
+        resources.files("hub_cutinit")
+        .joinpath("templates/model_card.md")
+        .read_text(encoding="utf-8")
+    )
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """A short human-readable number; ``–`` for missing values."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _accuracy(value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return format_number(value)
+    percent = value * 100 if 0 <= value <= 1 else value
+    return f"{percent:.2f} %"
+
+
+def _dataset(training: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(text for the card, Hub dataset id for the YAML header or ``None``)."""
+    dataset = training.get("dataset")
+    if dataset is None:
+        return None, None
+    dataset = str(dataset)
+    hub_id = training.get("dataset_id")
+    if dataset == "builtin":
+        return _BUILTIN_DATASET[0], hub_id or _BUILTIN_DATASET[1]
+    if training.get("dataset_is_local") or os.path.isabs(dataset) or dataset.startswith((".", "~")):
+        # a local path: show its name only (never the user's directory layout)
+        return f"local data `{Path(dataset).name}`", hub_id
+    if _HUB_ID.match(dataset):
+        return f"[{dataset}](https://huggingface.co/datasets/{dataset})", hub_id or dataset
+    return f"`{dataset}`", hub_id
+
+
+def _norm_rows(norms: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows = []
+    for name, stats in norms.items():
+        if not isinstance(stats, Mapping):
+            stats = {"mean": stats}
+        rows.append(
+            {
+                "name": f"`{name}`",
+                **{k: format_number(stats.get(k)) for k in ("mean", "std", "min", "max")},
+                "count": format_number(stats.get("count")),
+            }
+        )
+    return rows
+
+
+def plot_norm_history(
+    history: list[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path | None:
+    """Plot the mean embedding norm per epoch (one line per embedding) to a PNG.
+
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Returns the
+    path, or ``None`` when ``history`` has no mean norms to plot.
+    """
+    series: dict[str, list[tuple[float, float]]] = {}
+    for i, entry in enumerate(history):
+        x = entry.get("epoch", i + 1)
+        for name, stats in (entry.get("norms") or {}).items():
+            mean = stats.get("mean") if isinstance(stats, Mapping) else stats
+            if isinstance(mean, (int, float)) and isinstance(x, (int, float)):
+                series.setdefault(name, []).append((float(x), float(mean)))
+    if not series:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, points in series.items():
+        xs = [x for x, _ in sorted(points)]
+        ys = [y for _, y in sorted(points)]
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=name)
+    values = [y for points in series.values() for _, y in points]
+    if min(values) > 0 and max(values) / min(values) > 30:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean embedding norm ‖z‖")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return write_bytes_atomic(path, buffer.getvalue())
+
+
+def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
+    block = config[BLOCK_KEY]
+    method = str(block.get("method"))
+    hparams = dict(block.get("hparams") or {})
+    training = dict(block.get("training") or {})
+    evaluation = dict(block.get("evaluation") or {})
+    architecture = config.get("architecture") or block.get("architecture")
+    c = format_number(float(block.get("c", 1.0)))
+    model_name = (
+        block.get("model_name")
+        or (repo_id or "").split("/")[-1]
+        or f"{method}-{architecture}-cut{c}"
+    )
+    dataset_text, _ = _dataset(training)
+
+    rows: list[tuple[str, str]] = [
+        (
+            "method",
+            f"{_METHOD_NAMES.get(method, method)} (`{method}`, {block.get('family') or '?'})",
+        ),
+        ("backbone", f"`{architecture}` ({config.get('num_features')} features)"),
+        ("cut-initialisation c", c),
+        ("weight decay λ", format_number(block.get("weight_decay"))),
+    ]
+    if hparams.get("cut_scope") not in (None, "all"):
+        rows.append(("cut scope", f"`{hparams['cut_scope']}`"))
+    for key, label in (
+        ("optimizer", "optimizer"),
+        ("base_lr", "base learning rate"),
+        ("temperature", "temperature τ"),
+        ("momentum", "teacher EMA momentum"),
+    ):
+        if hparams.get(key) is not None:
+            rows.append((label, format_number(hparams[key])))
+    if hparams.get("grad_scale_power"):
+        rows.append(("GradScale power p", format_number(hparams["grad_scale_power"])))
+    if dataset_text:
+        rows.append(("dataset", dataset_text))
+    for key, label in (
+        ("image_size", "image size"),
+        ("epochs", "epochs"),
+        ("steps", "optimiser steps"),
+        ("batch_size", "batch size"),
+        ("num_processes", "processes"),
+        ("hardware", "hardware"),
+        ("seeds", "seeds"),
+        ("seed", "seed"),
+    ):
+        if training.get(key) is not None:
+            value = training[key]
+            rows.append(
+                (
+                    label,
+                    ", ".join(map(str, value)) if isinstance(value, list) else format_number(value),
+                )
+            )
+
+    eval_rows: list[tuple[str, str]] = []
+    if evaluation.get("knn_accuracy") is not None:
+        k, tau = evaluation.get("knn_k", 200), evaluation.get("knn_temperature", 0.1)
+        label = f"kNN accuracy (k = {format_number(k)}, τ = {format_number(tau)}, frozen backbone)"
+        eval_rows.append((label, _accuracy(evaluation["knn_accuracy"])))
+    if evaluation.get("linear_probe_accuracy") is not None:
+        eval_rows.append(
+            (
+                "linear probe accuracy (frozen backbone)",
+                _accuracy(evaluation["linear_probe_accuracy"]),
+            )
+        )
+    baselines = dict(evaluation.get("baselines") or {})
+    labels = {
+        "random_init_knn": "baseline: kNN, same backbone at random initialisation",
+        "raw_pixels_knn": "baseline: kNN on raw pixels",
+    }
+    for key, value in baselines.items():
+        eval_rows.append((labels.get(key, f"baseline: {key}"), _accuracy(value)))
+
+    scale = [
+        dataset_text,
+        f"{training['epochs']} epoch(s)" if training.get("epochs") is not None else None,
+        f"{format_number(training['steps'])} steps" if training.get("steps") is not None else None,
+        f"`{architecture}`",
+        training.get("hardware"),
+    ]
+    scale = [str(part) for part in scale if part]
+    scale_note = "Scale: " + ", ".join(scale) + "." if scale else ""
+    if eval_rows:
+        scale_note += (
+            " A kNN accuracy means little on its own: compare it with the baselines"
+            " (random initialisation, raw pixels) measured with the same protocol."
+        )
+        knn, random_knn = evaluation.get("knn_accuracy"), baselines.get("random_init_knn")
+        if (
+            isinstance(knn, (int, float))
+            and isinstance(random_knn, (int, float))
+            and knn <= random_knn
+        ):
+            scale_note += " **At this scale the trained backbone does not beat the randomly initialised one.**"
+
+    components = dict(block.get("components") or {})
+    has_teacher = bool(components.get("teacher", hparams.get("momentum") is not None))
+    heads = ", ".join(f"`{h}`" for h in components.get("heads") or []) or "heads"
+    heads_description = (
+        f"heads ({heads})" + (", momentum teacher" if has_teacher else "") + " and loss buffers"
+    )
+
+    versions = dict(block.get("versions") or {})
+    hparams_json = json.dumps(hparams, indent=2, sort_keys=True)
+    return {
+        "model_name": model_name,
+        "repo_id": repo_id or _PLACEHOLDER_REPO.format(name=model_name),
+        "method": method,
+        "method_display": _METHOD_NAMES.get(method, method),
+        "family": block.get("family") or "?",
+        "architecture": architecture,
+        "num_features": config.get("num_features"),
+        "c": c,
+        "c_value": repr(float(block.get("c", 1.0))),
+        "weight_decay": format_number(block.get("weight_decay")),
+        "training_rows": rows,
+        "norm_rows": _norm_rows(dict(block.get("norms") or {})),
+        "eval_rows": eval_rows,
+        "scale_note": scale_note,
+        "has_teacher": has_teacher,
+        "heads_description": heads_description,
+        "versions": {k: versions.get(k, "?") for k in ("hub_cutinit", "torch", "timm")},
+        "format_version": block.get("format_version", FORMAT_VERSION),
+        "hparams_json": hparams_json,
+    }
+
+
+def build_card(
+    config: Mapping[str, Any], *, repo_id: str | None = None, plot_file: str | None = None
+):
+    """The :class:`huggingface_hub.ModelCard` for a saved model's ``config.json`` dict."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    block = config[BLOCK_KEY]
+    variables = _template_vars(config, repo_id)
+    training = dict(block.get("training") or {})
+    evaluation = dict(block.get("evaluation") or {})
+    _, dataset_id = _dataset(training)
+    dataset_label = Path(str(training.get("dataset") or "custom")).name
+    eval_results = []
+    for key, name in (
+        ("knn_accuracy", "kNN accuracy (k=200)"),
+        ("linear_probe_accuracy", "linear probe accuracy"),
+    ):
+        value = evaluation.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            eval_results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image classification on frozen features",
+                    dataset_type=dataset_id or "custom",
+                    dataset_name=dataset_id or dataset_label,
+                    dataset_split=training.get("eval_split", "test"),
+                    metric_type="accuracy",
+                    metric_name=name,
+                    metric_value=float(value),
+                )
+            )
+    card_data = ModelCardData(
+        license=str(block.get("license") or "apache-2.0"),
+        library_name="timm",
+        pipeline_tag="image-feature-extraction",
+        tags=[CARD_TAGS[0], variables["method"], *CARD_TAGS[1:]],
+        datasets=[dataset_id] if dataset_id else None,
+        model_name=variables["model_name"] if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    card = ModelCard.from_template(
+        card_data, template_str=load_template(), plot_file=plot_file, **variables
+    )
+    # the template's optional sections leave runs of blank lines: collapse them
+    return ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n")
+
+
+def render_model_card(out_dir: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
+    """(Re-)render ``README.md`` and ``norms.png`` of a saved model from its ``config.json``.
+
+    Args:
+        out_dir: a folder written by :func:`hub_cutinit.hub.save_pretrained`.
+        repo_id: the Hub repository used in the card's usage snippets (a placeholder when
+            ``None``).
+
+    Returns:
+        The path of ``README.md``.
+    """
+    out_dir = Path(out_dir)
+    config = read_config(out_dir)
+    block = config[BLOCK_KEY]
+    title = f"{block.get('method')} · {config.get('architecture')} · c = {format_number(block.get('c'))}"
+    plot = plot_norm_history(
+        list(block.get("norm_history") or []), out_dir / PLOT_NAME, title=title
+    )
+    if plot is None:
+        (out_dir / PLOT_NAME).unlink(missing_ok=True)
+    card = build_card(config, repo_id=repo_id, plot_file=PLOT_NAME if plot else None)
+    return write_text_atomic(out_dir / CARD_NAME, str(card))

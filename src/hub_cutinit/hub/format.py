@@ -1,0 +1,183 @@
+"""The on-disk format: names, the ``hub_cutinit`` block of ``config.json``, JSON helpers.
+
+A saved model is a folder that timm (and transformers' ``TimmWrapperModel``) can load as is::
+
+    config.json            timm's config (architecture, num_classes 0, model_args,
+                           pretrained_cfg) + a top-level "hub_cutinit" block
+    model.safetensors      the backbone only: ``backbone.state_dict()``, strict-loadable by timm
+    ssl_heads.safetensors  everything else of the SSL model (heads, teacher, loss buffers)
+    README.md              the model card
+    norms.png              mean embedding norm over training (when a history was recorded)
+
+Example:
+    >>> block = {"format_version": 1, "method": "simclr", "c": 3.0, "config": {}}
+    >>> check_block(block)["method"]
+    'simclr'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FORMAT_VERSION",
+    "BLOCK_KEY",
+    "CONFIG_NAME",
+    "BACKBONE_WEIGHTS_NAME",
+    "HEADS_WEIGHTS_NAME",
+    "CARD_NAME",
+    "PLOT_NAME",
+    "LOAD_FILES",
+    "MANAGED_FILES",
+    "KNOWN_BLOCK_KEYS",
+    "to_jsonable",
+    "read_config",
+    "check_block",
+    "write_text_atomic",
+    "write_bytes_atomic",
+]
+
+#: Version of the ``hub_cutinit`` block; bump it when its meaning changes.
+FORMAT_VERSION = 1
+#: Key of the block in ``config.json`` (timm keeps unknown top-level keys and ignores them).
+BLOCK_KEY = "hub_cutinit"
+CONFIG_NAME = "config.json"
+BACKBONE_WEIGHTS_NAME = "model.safetensors"
+HEADS_WEIGHTS_NAME = "ssl_heads.safetensors"
+CARD_NAME = "README.md"
+PLOT_NAME = "norms.png"
+#: The only files :func:`hub_cutinit.hub.load_ssl_model` reads (no pickle, no code).
+LOAD_FILES = (CONFIG_NAME, BACKBONE_WEIGHTS_NAME, HEADS_WEIGHTS_NAME)
+#: Every file save_pretrained writes (and the only ones push_to_hub uploads).
+MANAGED_FILES = (*LOAD_FILES, CARD_NAME, PLOT_NAME)
+
+#: Fields of the block written by this version (format 1).
+KNOWN_BLOCK_KEYS = frozenset(
+    {
+        "format_version",
+        "method",
+        "family",
+        "c",
+        "weight_decay",
+        "hparams",
+        "config",
+        "architecture",
+        "training",
+        "norms",
+        "norm_history",
+        "evaluation",
+        "components",
+        "files",
+        "versions",
+        "license",
+        "model_name",
+    }
+)
+_REQUIRED_BLOCK_KEYS = ("format_version", "method", "c", "config")
+
+
+def to_jsonable(value: Any) -> Any:
+    """A strict-JSON version of ``value``: tuples to lists, numpy/torch scalars and tensors to
+    Python numbers and lists, non-finite floats to ``None``, other objects to ``str``.
+
+    Example:
+        >>> to_jsonable({"a": (1, float("nan")), 2: 0.5})
+        {'a': [1, None], '2': 0.5}
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    tolist = getattr(value, "tolist", None)  # numpy arrays/scalars, torch tensors
+    if callable(tolist):
+        return to_jsonable(tolist())
+    item = getattr(value, "item", None)
+    if callable(item):
+        return to_jsonable(item())
+    return str(value)
+
+
+def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of a saved model; ``ValueError`` when it is missing or not ours."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise ValueError(
+            f"{path} does not exist: pass a folder written by hub_cutinit.hub.save_pretrained."
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); save the model again.") from err
+    if not isinstance(config, dict) or not isinstance(config.get(BLOCK_KEY), dict):
+        raise ValueError(
+            f"{path} has no '{BLOCK_KEY}' block: it is a plain timm checkpoint, not one written "
+            "by hub_cutinit.hub.save_pretrained. Load it with timm.create_model instead."
+        )
+    return config
+
+
+def check_block(block: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the ``hub_cutinit`` block; warn about fields this version does not know.
+
+    Raises ``ValueError`` when a required field is missing; unknown fields (for example from a
+    newer format version) only trigger a ``UserWarning`` and are ignored.
+    """
+    missing = [key for key in _REQUIRED_BLOCK_KEYS if key not in block]
+    if missing:
+        raise ValueError(
+            f"config.json's '{BLOCK_KEY}' block lacks {missing}; it was not written by "
+            "hub_cutinit.hub.save_pretrained (or was edited by hand)."
+        )
+    version = block["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            f"'{BLOCK_KEY}.format_version' must be a positive integer, got {version!r}."
+        )
+    unknown = sorted(set(block) - KNOWN_BLOCK_KEYS)
+    if unknown or version > FORMAT_VERSION:
+        warnings.warn(
+            f"config.json's '{BLOCK_KEY}' block (format version {version}) has fields this "
+            f"version of hub_cutinit (format version {FORMAT_VERSION}) does not know: {unknown}. "
+            "They are ignored; upgrade hub_cutinit to use them.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return dict(block)
+
+
+def _temp_sibling(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
+    path = Path(path)
+    tmp = _temp_sibling(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` atomically (see :func:`write_bytes_atomic`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))

@@ -1,0 +1,103 @@
+"""Atomic checkpoints: a checkpoint directory either is complete or is never picked up.
+
+Each checkpoint is written under ``OUT/checkpoints/.tmp-step_XXXXXXXX`` by every process
+(``accelerator.save_state`` plus each rank's data position), then the main process writes
+``trainer_state.json`` last and renames the directory to ``step_XXXXXXXX`` — a single atomic
+``os.replace``. :func:`latest_checkpoint` only sees renamed directories that hold
+``trainer_state.json``, so a run killed mid-write resumes from the previous checkpoint.
+
+Example:
+    >>> import tempfile
+    >>> latest_checkpoint(tempfile.mkdtemp()) is None
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["latest_checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINTS"]
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``output_dir``, or ``None``."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    complete = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return max(complete, key=lambda p: int(_NAME.match(p.name).group(1))) if complete else None
+
+
+def save_checkpoint(
+    accelerator: Any,
+    output_dir: str | os.PathLike,
+    step: int,
+    trainer_state: dict[str, Any],
+    loader_state: dict[str, Any],
+    *,
+    keep: int = 2,
+) -> Path:
+    """Write a complete checkpoint for ``step`` atomically; keep the newest ``keep``."""
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(loader_state, tmp / f"loader_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state_path = tmp / STATE_FILE
+        with open(state_path, "w") as f:
+            json.dump({**trainer_state, "step": step}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        complete = sorted(p for p in root.iterdir() if _NAME.match(p.name))
+        for old in complete[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Any, checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore model/optimiser/RNG state; return ``(trainer_state, this rank's loader state)``."""
+    accelerator.load_state(str(checkpoint))
+    with open(checkpoint / STATE_FILE) as f:
+        trainer_state = json.load(f)
+    loader_file = checkpoint / f"loader_rank{accelerator.process_index}.pt"
+    if not loader_file.is_file():
+        raise ValueError(
+            f"{checkpoint} has no data position for process {accelerator.process_index}; resume "
+            "with the same number of processes that wrote it."
+        )
+    return trainer_state, torch.load(loader_file, weights_only=True)

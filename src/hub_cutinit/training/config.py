@@ -1,0 +1,248 @@
+"""The training configuration shared by every recipe, and its command-line flags.
+
+Example:
+    >>> cfg = parse_args("byol", ["--max-steps", "5", "--batch-size", "8"])
+    >>> cfg.method, cfg.max_steps, cfg.c is None
+    ('byol', 5, True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hub_cutinit.registry import get_method_defaults, list_methods
+
+__all__ = ["TrainConfig", "build_parser", "parse_args"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. ``None`` means "the method's default"."""
+
+    method: str
+    backbone: str = "resnet18"
+    dataset: str = "builtin"
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    image_column: str | None = None
+    label_column: str | None = None
+    c: float | None = None
+    weight_decay: float | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 64
+    grad_accum_steps: int = 1
+    image_size: int = 32
+    output_dir: str = "outputs/run"
+    resume: bool = False
+    eval_every: int = 0
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    eval_max_samples: int | None = None
+    linear_probe: bool = False
+    baselines: bool = True
+    checkpoint_every: int = 0
+    seed: int = 0
+    mixed_precision: str = "no"
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    log_with: str | None = None
+    log_every: int = 10
+    push_to_hub: str | None = None
+    hub_private: bool = False
+    grad_scale_power: float | None = None
+    num_examples: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in list_methods():
+            raise ValueError(f"Unknown method {self.method!r}; known methods: {list_methods()}.")
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "image_size": self.image_size,
+            "grad_accum_steps": self.grad_accum_steps,
+            "knn_k": self.knn_k,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}."
+                )
+        if self.batch_size < 2:
+            raise ValueError(
+                "--batch-size must be at least 2 (BatchNorm and contrastive losses need pairs)."
+            )
+        for name in ("max_steps", "eval_max_samples", "num_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value!r}."
+                )
+        for name in ("eval_every", "checkpoint_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}."
+                )
+        for name in ("c", "lr", "weight_decay", "knn_temperature"):
+            value = getattr(self, name)
+            if value is not None and (
+                not math.isfinite(value) or value < 0 or (value == 0 and name != "weight_decay")
+            ):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}."
+                )
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(
+                f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}."
+            )
+        if self.optimizer is not None and self.optimizer not in ("sgd", "lars", "adamw"):
+            raise ValueError(f"--optimizer must be sgd, lars or adamw, got {self.optimizer!r}.")
+        defaults = get_method_defaults(self.method)
+        unknown = sorted(set(self.overrides) - set(defaults) - {"family"})
+        if unknown:
+            raise ValueError(
+                f"Unknown --set key(s) {unknown} for {self.method}; valid: {sorted(defaults)}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy."""
+        return dataclasses.asdict(self)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """Hyper-parameters passed to :func:`hub_cutinit.create_ssl_model`."""
+        overrides = dict(self.overrides)
+        if self.grad_scale_power is not None:
+            overrides["grad_scale_power"] = self.grad_scale_power
+        return overrides
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. --set proj_dim=256), got {item!r}.")
+        try:
+            overrides[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key] = raw
+    return overrides
+
+
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The flags every recipe shares; ``method=None`` adds a ``--method`` flag."""
+    p = argparse.ArgumentParser(
+        description=f"Train {method or 'an SSL method'} with cut-initialisation (hub_cutinit).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    if method is None:
+        p.add_argument("--method", required=True, choices=list_methods())
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument("--backbone", default=d["backbone"].default, help="any timm model name")
+    p.add_argument(
+        "--dataset",
+        default="builtin",
+        help="'builtin' (Fashion-MNIST subset shipped with the package), a Hub dataset id, "
+        "a local image folder or a folder/glob of parquet or arrow files",
+    )
+    p.add_argument("--train-split", default="train")
+    p.add_argument(
+        "--eval-split", default="test", help="labelled split for the kNN monitor; 'none' to skip"
+    )
+    p.add_argument("--image-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument(
+        "--num-examples",
+        type=int,
+        default=None,
+        help="training-set size when the stream does not say (sets steps per epoch)",
+    )
+    p.add_argument(
+        "--c", type=float, default=None, help="cut factor (default: the method's; 1 = no cut)"
+    )
+    p.add_argument("--weight-decay", type=float, default=None, help="λ (default: the method's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate (default: the method's base_lr × global batch / 256)",
+    )
+    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default=None)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many optimiser steps"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--grad-accum-steps", type=int, default=1)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--output-dir", default=d["output_dir"].default)
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest complete checkpoint"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="kNN monitor every N steps (0: each epoch end)"
+    )
+    p.add_argument(
+        "--eval-max-samples", type=int, default=None, help="cap on train/test images for kNN"
+    )
+    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--linear-probe", action="store_true", help="fit a linear probe at the end")
+    p.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the kNN baselines (random-init backbone, raw pixels) at step 0",
+    )
+    p.add_argument(
+        "--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: each epoch)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="bf16 works on CPU; fp16 only on GPU",
+    )
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--shuffle-buffer", type=int, default=1000)
+    p.add_argument("--log-with", default=None, help="an Accelerate tracker, e.g. tensorboard")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="push the result to this Hub repo"
+    )
+    p.add_argument("--hub-private", action="store_true")
+    p.add_argument(
+        "--grad-scale-power", type=float, default=None, help="GradScale p (extended paper)"
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method hyper-parameters, e.g. --set proj_dim=256 temperature=0.2",
+    )
+    return p
+
+
+def parse_args(method: str | None, argv: Sequence[str] | None = None) -> TrainConfig:
+    """Parse recipe flags into a validated :class:`TrainConfig`."""
+    parser = build_parser(method)
+    args = parser.parse_args(argv)
+    values = vars(args)
+    try:
+        overrides = _parse_set(values.pop("set"))
+        if values["eval_split"] in ("none", ""):
+            values["eval_split"] = None
+        return TrainConfig(method=values.pop("method", method), overrides=overrides, **values)
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
