@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hub_cutinit.cli norms --backbone resnet18
+	$(PY) recipes/demo.py
 
 test: $(STAMP)
 	@$(call run_pytest,-q,1)

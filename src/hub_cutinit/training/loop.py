@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -124,6 +124,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     format (``config.json``, ``model.safetensors``, heads, card) in ``cfg.output_dir``.
     """
     accelerator = Accelerator(
+        # without CUDA, run on CPU: under `accelerate launch --multi_gpu` or torchrun this gives
+        # a gloo process group (DistributedType.MULTI_CPU) instead of a silent single process
+        cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with=cfg.log_with,
@@ -405,6 +408,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     result = {
         **run_info,
         "dataset": cfg.dataset,
+        "output_dir": cfg.output_dir,
         "image_size": cfg.image_size,
         "seed": cfg.seed,
         "steps": state["step"],
@@ -449,5 +453,6 @@ def main(method: str | None = None, argv: list[str] | None = None) -> dict[str, 
     cfg = parse_args(method, argv)
     os.makedirs(cfg.output_dir, exist_ok=True)
     result = train(cfg)
-    print_summary(result, cfg)
+    if PartialState().is_main_process:
+        print_summary(result, cfg)
     return result
