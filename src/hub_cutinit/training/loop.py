@@ -161,19 +161,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         world_size=accelerator.num_processes,
     )
     num_examples = cfg.num_examples or data_lib.count_examples(stream)
-    if num_examples is None:
+    if num_examples is None and cfg.max_steps is None:
         raise ValueError(
             f"Cannot tell how many training images {cfg.dataset!r} has; pass --num-examples N "
-            "(or --max-steps N) so the schedule knows its length."
+            "or --max-steps N so the schedule knows its length."
         )
-    per_rank = num_examples // accelerator.num_processes
-    steps_per_epoch = per_rank // (cfg.batch_size * cfg.grad_accum_steps)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{num_examples} training images are too few for batch {cfg.batch_size} × "
-            f"{accelerator.num_processes} processes × {cfg.grad_accum_steps} accumulation steps; "
-            "lower --batch-size."
-        )
+    steps_per_epoch = None
+    if num_examples is not None:
+        per_rank = num_examples // accelerator.num_processes
+        steps_per_epoch = per_rank // (cfg.batch_size * cfg.grad_accum_steps)
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"{num_examples} training images are too few for batch {cfg.batch_size} × "
+                f"{accelerator.num_processes} processes × {cfg.grad_accum_steps} accumulation "
+                "steps; lower --batch-size."
+            )
     # --max-steps overrides --epochs (the stream is re-read as often as needed)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     eval_sets = None
@@ -250,6 +252,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             trainer_state, loader_state = load_checkpoint(accelerator, last_ckpt)
             state.update({k: trainer_state[k] for k in state})
             history.load_state_dict(trainer_state["history"])
+            scheduler.step_update(state["step"])  # this run's schedule (e.g. a new --lr) from now
             if accelerator.is_main_process:  # the saved statistics are already global
                 epoch_norms.load_state_dict(trainer_state["epoch_norms"])
             accelerator.print(
