@@ -409,7 +409,8 @@ def test_transformers_automodel_loads_the_backbone(fake_hub, saved, tmp_path: Pa
     x = images()
     with torch.no_grad():
         pooled = wrapped(pixel_values=x).pooler_output
-        assert torch.equal(pooled, model.backbone(x))
+        # same weights; the wrapper may pick another kernel (one vs two threads): float rounding
+        torch.testing.assert_close(pooled, model.backbone(x), rtol=1e-5, atol=1e-6)
 
 
 def test_load_ssl_model_from_hub_reads_only_json_and_safetensors(fake_hub, saved) -> None:

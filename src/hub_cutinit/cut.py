@@ -97,7 +97,7 @@ def _effective_name(name: str) -> str:
     return owner + rest.split(".")[0]
 
 
-def _scope_prefixes(model: nn.Module, scope: str) -> list[str] | None:
+def _scope_prefixes(model: nn.Module, scope: str, fixed: set[str]) -> list[str] | None:
     """Parameter-name prefixes selected by ``scope``; ``None`` means the whole model."""
     if scope == "all":
         return None
@@ -115,10 +115,14 @@ def _scope_prefixes(model: nn.Module, scope: str) -> list[str] | None:
         head_name = module_names[id(head)]
         if scope == "heads":
             prefixes.append(head_name + ".")
-        else:  # "last": the last linear layer of each head
-            linears = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)]
+        else:  # "last": the last linear layer of each head whose weight is not fixed by design
+            linears = [
+                f"{head_name}.{n}."
+                for n, m in head.named_modules()
+                if isinstance(m, nn.Linear) and f"{head_name}.{n}.weight" not in fixed
+            ]
             if linears:
-                prefixes.append(f"{head_name}.{linears[-1]}.")
+                prefixes.append(linears[-1])
     return prefixes
 
 
@@ -143,8 +147,11 @@ def cut_targets(
         raise ValueError(f"Unknown scope {scope!r}; use one of {CUT_SCOPES}.")
     includes, excludes = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
     skip_prefixes = tuple(getattr(model, "cut_init_skip_prefixes", ()) or ())
-    prefixes = _scope_prefixes(model, scope)
     fixed = _fixed_names(model)
+    # A parametrised tensor is cut through its effective value, unless one of its originals is
+    # fixed by design: then the whole tensor is left alone (its fixed part sets its scale).
+    fixed |= {_effective_name(n) for n in fixed}
+    prefixes = _scope_prefixes(model, scope, fixed)
 
     floating = [n for n, p in model.named_parameters() if p.is_floating_point()]
     if not floating:
@@ -155,9 +162,6 @@ def cut_targets(
 
     candidates: list[str] = []
     seen: set[str] = set()
-    # A parametrised tensor is cut through its effective value, unless one of its originals is
-    # fixed by design: then the whole tensor is left alone (its fixed part sets its scale).
-    fixed |= {_effective_name(n) for n in fixed}
     for name in floating:
         name = _effective_name(name)
         if name in seen or name in fixed:
@@ -187,6 +191,27 @@ def cut_targets(
 def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     module_name, _, attr = name.rpartition(".")
     return (model.get_submodule(module_name) if module_name else model), attr
+
+
+@torch.no_grad()
+def _check_representable(model: nn.Module, targets: Sequence[str], c: float) -> None:
+    """Refuse a c whose division overflows a parameter or flushes a non-zero one to zero."""
+    for name in targets:
+        module, attr = _resolve(model, name)
+        tensor = getattr(module, attr)
+        magnitude = tensor.detach().abs()
+        nonzero = magnitude[magnitude > 0]
+        if nonzero.numel() == 0:
+            continue
+        info = torch.finfo(tensor.dtype)
+        largest, smallest = float(nonzero.max()), float(nonzero.min())
+        unrepresentable = c > info.max or 1 / c > info.max
+        if unrepresentable or largest / c > info.max or smallest / c < info.smallest_normal:
+            raise ValueError(
+                f"c={c:g} does not fit {tensor.dtype}: dividing {name} (|values| in "
+                f"[{smallest:.3g}, {largest:.3g}]) would overflow or flush values to zero. Use a "
+                "moderate c such as 3 or 9."
+            )
 
 
 @torch.no_grad()
@@ -233,6 +258,7 @@ def cut_init(
             "the factor; pass force=True if that is what you want."
         )
     targets = cut_targets(model, scope=scope, include=include, exclude=exclude)
+    _check_representable(model, targets, c)
 
     if c != 1.0:
         for name in targets:

@@ -110,6 +110,8 @@ def build_eval_loaders(
             label_column=label_column,
             require_label=True,
         )
+        if label_col is not None:  # a row without a label cannot be scored by kNN / a probe
+            ds = ds.filter(lambda example, col=label_col: example[col] is not None)
         if max_samples is not None:
             ds = ds.take(max_samples)
         stream = SSLImageStream(

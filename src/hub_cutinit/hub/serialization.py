@@ -554,10 +554,17 @@ def load_ssl_model(
     if saved.get("backbone"):
         model.backbone_name = saved["backbone"]
 
-    state = {
-        f"backbone.{k}": v for k, v in load_file(str(directory / BACKBONE_WEIGHTS_NAME)).items()
-    }
-    heads = load_file(str(directory / HEADS_WEIGHTS_NAME))
+    def read(name: str) -> dict[str, Any]:
+        try:
+            return load_file(str(directory / name))
+        except Exception as err:  # safetensors' SafetensorError: truncated or not safetensors
+            raise ValueError(
+                f"{directory / name} is not a readable safetensors file ({err}); it is truncated "
+                "or corrupt: download or save the model again."
+            ) from err
+
+    state = {f"backbone.{k}": v for k, v in read(BACKBONE_WEIGHTS_NAME).items()}
+    heads = read(HEADS_WEIGHTS_NAME)
     clash = sorted(k for k in heads if k.startswith("backbone."))
     if clash:
         raise ValueError(

@@ -100,6 +100,16 @@ class TrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}."
                 )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}.")
+        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+            raise ValueError(f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer!r}.")
+        if self.image_size < 8:
+            raise ValueError(f"--image-size must be >= 8, got {self.image_size}.")
+        if self.grad_scale_power is not None and not math.isfinite(self.grad_scale_power):
+            raise ValueError(
+                f"--grad-scale-power must be a finite number, got {self.grad_scale_power!r}."
+            )
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(
                 f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}."

@@ -15,6 +15,7 @@ Example (a few steps on the built-in dataset)::
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any
 
@@ -321,10 +322,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     while state["step"] < total_steps:
         loader.set_epoch(state["epoch"])
+        epoch_first_step, resumed_mid_epoch = state["step"], False
         if loader_state is not None:
             # a position saved in an earlier epoch (an epoch-end checkpoint) is not resumed
             if loader_state["hub_cutinit"]["epoch"] == state["epoch"]:
                 loader.load_state_dict(loader_state)
+                resumed_mid_epoch = True
             loader.num_corrupt = int(
                 loader_state["hub_cutinit"]["num_corrupt"]
             )  # whole run, this process
@@ -340,6 +343,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             try:
                 out, loss_mean = train_step(accelerator, model, optimizer, views)
             except NonFiniteLossError as err:
+                set_aside = None
+                if last_ckpt is not None and last_ckpt.name == f"step_{state['step']:08d}":
+                    # it holds the weights this loss came from (the previous step's update):
+                    # --resume must not pick it up again
+                    set_aside = last_ckpt.with_name(f".nonfinite-{last_ckpt.name}")
+                    if accelerator.is_main_process:
+                        shutil.rmtree(set_aside, ignore_errors=True)
+                        os.replace(last_ckpt, set_aside)
+                    accelerator.wait_for_everyone()
+                    last_ckpt = latest_checkpoint(cfg.output_dir)
+                moved = f" Step {state['step']}'s checkpoint was moved to {set_aside}."
                 raise NonFiniteLossError(
                     _nonfinite_message(
                         state["step"] + 1,
@@ -348,6 +362,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         raw_model.cut_factor,
                         last_ckpt,
                     )
+                    + (moved if set_aside else "")
                 ) from None
             embeddings = {k: v.detach() for k, v in out.embeddings.items()}
             epoch_norms.update(embeddings)
@@ -388,6 +403,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 and state["step"] < total_steps
             ):
                 checkpoint(loader)
+        if exhausted and not resumed_mid_epoch and state["step"] == epoch_first_step:
+            raise ValueError(
+                f"Epoch {state['epoch']} of {cfg.dataset!r} gave no full batch of "
+                f"{cfg.batch_size} images per process ({data_lib.corrupt_count(loader)} corrupt "
+                "images skipped so far): lower --batch-size or fix the dataset."
+            )
         # the epoch ended (stream exhausted) or training did (total_steps reached)
         corrupt = torch.tensor(float(data_lib.corrupt_count(loader)), device=accelerator.device)
         state["corrupt_images"] = int(accelerator.reduce(corrupt, reduction="sum").item())

@@ -1,0 +1,302 @@
+"""Helpers for the fault-injection tests (tests/test_faults.py, tests/test_bad_input.py).
+
+Two halves:
+
+- **a recipe wrapper**, run as a script in a subprocess, that installs one fault hook and then
+  runs a recipe exactly as ``python recipes/<method>.py ...`` would::
+
+      HUB_CUTINIT_FAULT=before_rename:5 python tests/fault_helpers.py recipes/simclr.py --max-steps 12
+
+  ``HUB_CUTINIT_FAULT`` is ``PHASE:N``; the process SIGKILLs itself (no clean-up, no atexit, no
+  flush of anything but what it already wrote), printing ``FAULT: ...`` on stderr first:
+
+  - ``after_save_state:N``: in the checkpoint of step N, after ``accelerator.save_state`` wrote
+    the model, optimiser and RNG states into ``.tmp-step_N``, before the data position and
+    ``trainer_state.json``;
+  - ``mid_state_json:N``: in the checkpoint of step N, half of ``trainer_state.json`` written
+    and fsynced;
+  - ``before_rename:N``: in the checkpoint of step N, everything written, just before
+    ``os.replace`` turns ``.tmp-step_N`` into ``step_N``;
+  - ``mid_step:N``: in the N-th call of ``train_step`` *in this process*, after the optimiser
+    step (an update that no checkpoint holds).
+
+  ``HUB_CUTINIT_FAULT_SLOW=SECONDS`` sleeps that long inside every checkpoint write (between
+  ``save_state`` and the rename) and half as long after every training step, so that kills sent
+  from outside at random times land in all phases, checkpoint writes included.
+
+- **parent-side helpers**: :func:`run_wrapped` (the subprocess, optionally killed from outside
+  at a random time), tiny recipe flags, image encoders and a small parquet dataset builder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WRAPPER = Path(__file__).resolve()
+FAULT_ENV = "HUB_CUTINIT_FAULT"
+SLOW_ENV = "HUB_CUTINIT_FAULT_SLOW"
+PHASES = ("after_save_state", "mid_state_json", "before_rename", "mid_step")
+
+#: A recipe run that takes well under a second of compute per step on one CPU thread.
+TINY_RECIPE_FLAGS = [
+    "--backbone", "test_resnet", "--image-size", "16", "--batch-size", "8",
+    "--eval-split", "none", "--num-workers", "0", "--no-baselines", "--seed", "0",
+]  # fmt: skip
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a recipe subprocess: one BLAS/OpenMP thread (the machine is shared,
+    and two threads on two busy cores are ~20x slower than one), offline, unbuffered."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop(FAULT_ENV, None)
+    env.pop(SLOW_ENV, None)
+    env.update(extra)
+    return env
+
+
+# -- the wrapper (runs inside the subprocess) ---------------------------------------------------
+def _die(what: str) -> None:
+    print(f"FAULT: SIGKILL {what}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _step_of(path: Any) -> int | None:
+    name = Path(str(path)).name
+    if name.startswith(".tmp-step_"):
+        return int(name.removeprefix(".tmp-step_"))
+    return None
+
+
+def install_fault(spec: str | None, slow: float = 0.0) -> None:
+    """Install the hook described by ``spec`` (``PHASE:N``) and the optional slow-down."""
+    import json
+
+    import accelerate
+
+    from hub_cutinit.training import checkpoint as ckpt
+    from hub_cutinit.training import loop
+
+    phase, n = None, -1
+    if spec:
+        phase, _, raw = spec.partition(":")
+        if phase not in PHASES or not raw.isdigit():
+            raise SystemExit(f"{FAULT_ENV} must be PHASE:N with PHASE in {PHASES}, got {spec!r}")
+        n = int(raw)
+
+    original_save_state = accelerate.Accelerator.save_state
+
+    def save_state(self, output_dir=None, *args, **kwargs):
+        result = original_save_state(self, output_dir, *args, **kwargs)
+        if slow:
+            time.sleep(slow)
+        if phase == "after_save_state" and _step_of(output_dir) == n:
+            _die(f"after save_state of {output_dir}")
+        return result
+
+    accelerate.Accelerator.save_state = save_state
+
+    class _Json:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(json, name)
+
+        @staticmethod
+        def dump(obj: Any, fp: Any, **kwargs: Any) -> None:
+            if phase == "mid_state_json" and _step_of(Path(fp.name).parent) == n:
+                text = json.dumps(obj, **kwargs)
+                fp.write(text[: len(text) // 2])
+                fp.flush()
+                os.fsync(fp.fileno())
+                _die(f"in the middle of writing {fp.name}")
+            json.dump(obj, fp, **kwargs)
+
+    class _Os:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src: Any, dst: Any) -> None:
+            if phase == "before_rename" and _step_of(src) == n:
+                _die(f"before renaming {src}")
+            os.replace(src, dst)
+
+    ckpt.json = _Json()
+    ckpt.os = _Os()
+
+    original_step = loop.train_step
+    calls = [0]
+
+    def train_step(*args: Any, **kwargs: Any) -> Any:
+        result = original_step(*args, **kwargs)
+        calls[0] += 1
+        if slow:
+            time.sleep(slow / 2)
+        if phase == "mid_step" and calls[0] == n:
+            _die(f"after the optimiser step of train_step call {n}")
+        return result
+
+    loop.train_step = train_step
+
+
+def _wrapper_main(argv: Sequence[str]) -> None:
+    import runpy
+
+    if not argv:
+        raise SystemExit("usage: fault_helpers.py RECIPE.py [recipe flags]")
+    install_fault(os.environ.get(FAULT_ENV), float(os.environ.get(SLOW_ENV) or 0))
+    sys.argv = [str(argv[0]), *argv[1:]]
+    runpy.run_path(str(argv[0]), run_name="__main__")
+
+
+# -- parent side --------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """What a (possibly killed) recipe subprocess left behind."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    killed_from_outside: bool = False
+    kill_delay: float | None = None
+
+    @property
+    def killed(self) -> bool:
+        return self.returncode == -signal.SIGKILL
+
+    def tail(self, n: int = 3000) -> str:
+        return (
+            f"rc={self.returncode}\n--- stdout\n{self.stdout[-n:]}\n--- stderr\n{self.stderr[-n:]}"
+        )
+
+
+def complete_steps(output_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints (``step_N`` holding ``trainer_state.json``)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name.removeprefix("step_"))
+        for p in root.glob("step_*")
+        if (p / "trainer_state.json").is_file()
+    )
+
+
+def partial_dirs(output_dir: Path) -> list[Path]:
+    """Checkpoint directories that were never completed (``.tmp-step_*``)."""
+    root = Path(output_dir) / "checkpoints"
+    return sorted(root.glob(".tmp-step_*")) if root.is_dir() else []
+
+
+def run_wrapped(
+    recipe: str,
+    argv: Sequence[str],
+    *,
+    fault: str | None = None,
+    slow: float = 0.0,
+    kill_after_new_checkpoint: tuple[Path, float] | None = None,
+    rng: random.Random | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    cwd: Path | None = None,
+) -> Run:
+    """Run ``recipes/<recipe>.py argv`` through the wrapper.
+
+    ``kill_after_new_checkpoint=(output_dir, max_delay)``: once the subprocess has written a new
+    complete checkpoint (one more than existed at start), wait a random time in
+    ``[0, max_delay]`` (from ``rng``) and SIGKILL it from outside.
+    """
+    extra = {}
+    if fault:
+        extra[FAULT_ENV] = fault
+    if slow:
+        extra[SLOW_ENV] = str(slow)
+    cmd = [sys.executable, str(WRAPPER), str(ROOT / "recipes" / f"{recipe}.py"), *argv]
+    full_env = {**subprocess_env(**extra), **(env or {})}
+    killed, delay = False, None
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out_f,
+            stderr=err_f,
+            text=True,
+            env=full_env,
+            cwd=cwd or ROOT,
+        )
+        try:
+            if kill_after_new_checkpoint is not None:
+                out, max_delay = kill_after_new_checkpoint
+                before = max(complete_steps(out), default=0)
+                deadline = time.monotonic() + timeout
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if max(complete_steps(out), default=0) > before:
+                        delay = (rng or random).uniform(0.0, max_delay)
+                        time.sleep(delay)
+                        if proc.poll() is None:
+                            proc.send_signal(signal.SIGKILL)
+                            killed = True
+                        break
+                    time.sleep(0.01)
+            proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out_f.seek(0)
+        err_f.seek(0)
+        return Run(proc.returncode, out_f.read(), err_f.read(), killed, delay)
+
+
+# -- images and datasets ------------------------------------------------------------------------
+def encode(image: Any, fmt: str = "PNG") -> bytes:
+    """``image`` (a PIL image) encoded as ``fmt``."""
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_image_parquet(
+    path: Path,
+    images: list[bytes | None],
+    labels: list[int] | None = None,
+    *,
+    num_classes: int = 3,
+) -> Path:
+    """A one-file parquet split: ``image`` = ``{"bytes": ..., "path": None}`` (``None`` for a
+    missing image) and, when ``labels`` is given, a ``ClassLabel`` ``label`` column."""
+    import datasets
+
+    feats: dict[str, Any] = {"image": datasets.Image()}
+    columns: dict[str, Any] = {
+        "image": [None if b is None else {"bytes": b, "path": None} for b in images]
+    }
+    if labels is not None:
+        feats["label"] = datasets.ClassLabel(names=[f"c{i}" for i in range(num_classes)])
+        columns["label"] = labels
+    ds = datasets.Dataset.from_dict(columns, features=datasets.Features(feats))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.to_parquet(str(path))
+    return path
+
+
+if __name__ == "__main__":
+    _wrapper_main(sys.argv[1:])
