@@ -436,7 +436,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "seed": cfg.seed,
         "steps": state["step"],
-        "epochs": state["epoch"],
+        # passes over the data (the last epoch ends at max_steps, not always at the stream's end)
+        "epochs": round(state["step"] / steps_per_epoch, 2) if steps_per_epoch else state["epoch"],
         "images_seen": state["images_seen"],
         "corrupt_images": state["corrupt_images"],
         "wall_time_s": wall,
