@@ -30,6 +30,14 @@ test-all: $(STAMP)
 test-faults: $(STAMP)
 	@$(call run_pytest,-q -m faults,0)
 
+BENCH_STAMP := $(VENV)/.installed-bench-stamp
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m recipes.benchmarks
+
 lint: $(STAMP)
 	$(PY) -m ruff check src tests recipes
 	$(PY) -m ruff format --check src tests recipes

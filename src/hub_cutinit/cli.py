@@ -21,7 +21,11 @@ from hub_cutinit.registry import create_ssl_model, get_method_defaults, list_met
 __all__ = ["main", "build_parser", "initial_norms"]
 
 #: Modules that add their own subcommands through ``register_cli(subparsers)``.
-_SUBCOMMAND_MODULES: tuple[str, ...] = ("hub_cutinit.simulate", "hub_cutinit.hub")
+_SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "hub_cutinit.simulate",
+    "hub_cutinit.hub",
+    "hub_cutinit.analysis",
+)
 
 #: Small head sizes so that the norm table of every method builds in seconds on a CPU.
 _SMALL_HEADS = {

@@ -9,7 +9,8 @@ seeds`` with :func:`hub_cutinit.training.train` under one budget, then writes
   batch through the freshly cut model (train-mode BatchNorm). Later epochs: kNN at the end of
   the epoch, norms averaged over the epoch's training batches (augmented views, train mode);
 - ``curves.png``: kNN accuracy and mean norms against epoch, one line per c (and λ, p when
-  those vary), the band is ± one standard deviation over seeds, one panel row per method;
+  those vary): the mean over seeds, with a band from the lowest to the highest seed; one
+  panel row per method;
 - ``summary.md``: final kNN mean ± std over seeds per method × c (× λ × p), final mean norms,
   and the baselines of PAPER §8 (same backbone at random init, raw pixels);
 - with several λ: ``weight_decay.png`` (final mean norm against λ per method) and
@@ -687,9 +688,10 @@ def plot_curves(
     *,
     title: str | None = None,
 ) -> Path:
-    """kNN accuracy and mean norms (backbone, projection) against epoch; one line per variant
-    (c, λ, p: whichever vary), band = ± std over seeds; one row of panels per method; dashed
-    lines: random-init (mean over runs) and raw-pixel kNN."""
+    """kNN accuracy and mean norms (backbone, projection, prediction) against epoch; one line
+    (the mean over seeds) per variant (c, λ, p: whichever vary), the band spans the seeds
+    (min to max); one row of panels per method; dashed lines: random-init (mean over runs) and
+    raw-pixel kNN."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -724,19 +726,18 @@ def plot_curves(
             epochs = sorted({r["epoch"] for r in vrows})
             n_seeds = len({r["seed"] for r in vrows})
             for j, (col, _) in enumerate(cols):
-                xs, means, stds = [], [], []
+                xs, means, lo, hi = [], [], [], []
                 for e in epochs:
-                    m, s, n = _mean_std([r[col] for r in vrows if r["epoch"] == e])
-                    if n:
+                    vals = [r[col] for r in vrows if r["epoch"] == e and not math.isnan(r[col])]
+                    if vals:
                         xs.append(e)
-                        means.append(m)
-                        stds.append(0.0 if math.isnan(s) else s)
+                        means.append(statistics.fmean(vals))
+                        lo.append(min(vals))
+                        hi.append(max(vals))
                 if not xs:
                     continue
                 ax = axes[i][j]
                 ax.plot(xs, means, marker="o", ms=3, color=color, label=f"{label} (n={n_seeds})")
-                lo = [m - s for m, s in zip(means, stds, strict=True)]
-                hi = [m + s for m, s in zip(means, stds, strict=True)]
                 ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
         base = [s for s in summary if s["method"] == method]
         ax = axes[i][0]
@@ -797,8 +798,11 @@ def plot_weight_decay(
             xs, ys, es = zip(*pts, strict=True)
             es = [0.0 if math.isnan(e) else e for e in es]
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=label)
+    ticks = sorted({r["weight_decay"] for r in summary})
     for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
         ax.set_xscale("symlog", linthresh=linthresh)
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("weight decay λ")
         ax.set_title(ylabel, fontsize=10)
         ax.grid(alpha=0.3)
@@ -827,15 +831,28 @@ def write_outputs(cfg: SweepConfig, results: Sequence[Mapping[str, Any]]) -> lis
     paths = [write_csv(rows, out / "sweep.csv")]
     title = (
         f"{cfg.backbone} {cfg.image_size}px on {cfg.dataset} "
-        f"({cfg.max_train_examples or 'all'} train images), batch {cfg.batch_size}; "
-        "band: ± std over seeds"
+        f"({cfg.max_train_examples or 'all'} train images), {cfg.epochs} epochs, "
+        f"batch {cfg.batch_size}; "
     )
-    paths.append(plot_curves(rows, summary, out / "curves.png", title=title))
+    paths.append(
+        plot_curves(
+            rows,
+            summary,
+            out / "curves.png",
+            title=title + "line: mean over seeds, band: min–max over seeds",
+        )
+    )
     md = out / "summary.md"
     md.write_text(summary_markdown(summary, cfg))
     paths.append(md)
     if len({r["weight_decay"] for r in summary}) > 1:
-        paths.append(plot_weight_decay(summary, out / "weight_decay.png", title=title))
+        paths.append(
+            plot_weight_decay(
+                summary,
+                out / "weight_decay.png",
+                title=title + "error bars: ± std over seeds (with more than one seed)",
+            )
+        )
         wd_md = out / "weight_decay.md"
         wd_md.write_text(weight_decay_markdown(summary) + "\n" + _scale_note(cfg, summary) + "\n")
         paths.append(wd_md)

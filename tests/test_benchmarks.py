@@ -1,0 +1,106 @@
+"""Smoke tests of the benchmark scripts (recipes/benchmarks): each runs with ``--quick`` and
+writes a JSON result with the expected keys. They check that the scripts work, not the
+numbers (tiny settings measure nothing). About a minute on an idle 2-core machine."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Import ``recipes.benchmarks.<name>`` with the repository root on ``sys.path``."""
+    monkeypatch.syspath_prepend(str(REPO))
+
+    def load(name: str):
+        return importlib.import_module(f"recipes.benchmarks.{name}")
+
+    return load
+
+
+def run(bench, name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    returned = bench(name).main(["--quick", "--out", str(out), *extra])
+    stored = json.loads(out.read_text(encoding="utf-8"))
+    assert stored["benchmark"] == name
+    assert {"env", "config", "summary"} <= set(stored)
+    assert stored["summary"] and all(
+        {"benchmark", "metric", "value", "unit", "target", "ok"} <= set(r)
+        for r in stored["summary"]
+    )
+    assert returned["summary"] == stored["summary"]
+    return stored
+
+
+def test_common_helpers(bench) -> None:
+    common = bench("common")
+    samples = common.interleaved({"a": lambda: None, "b": lambda: None}, repeats=4, warmup=0)
+    assert [len(v) for v in samples.values()] == [4, 4]
+    assert common.ratio([2.0, 4.0], [1.0, 2.0]) == {"median_ratio": 2.0, "paired_median": 2.0}
+    budgeted = common.interleaved({"a": lambda: None}, repeats=100, budget_s=0.0, min_repeats=3)
+    assert len(budgeted["a"]) == 3
+    assert "ok" in common.format_table([common.row("x", "y", 1.0, ok=True)])
+
+
+def test_train_step(bench, tmp_path: Path) -> None:
+    res = run(bench, "train_step", tmp_path, "--methods", "simclr", "byol")
+    for method in ("simclr", "byol"):
+        entry = res["methods"][method]
+        assert {"hub", "hand"} <= set(entry["images_per_s"])
+        assert "hub_vs_hand" in entry["ratios"]
+        assert entry["same_computation"], entry["first_loss"]  # same weights, same loss
+        assert all(v["median"] > 0 for v in entry["images_per_s"].values())
+
+
+def test_overhead(bench, tmp_path: Path) -> None:
+    res = run(bench, "overhead", tmp_path, "--methods", "simclr")
+    assert 0 < res["norm_tracking"]["simclr"]["share_of_step"] < 1
+    assert "overhead_s" in res["framework"]["simclr"]
+    knn = res["knn"]
+    assert knn["bank_images"] == 128 and knn["test_images"] == 128
+    assert knn["knn_share_of_epoch"] > 0
+
+
+def test_data_pipeline(bench, tmp_path: Path) -> None:
+    res = run(bench, "data_pipeline", tmp_path, "--workers", "0", "1")
+    assert set(res["loader"]) == {"workers=0", "workers=1"}
+    assert res["loader"]["workers=0"]["images_per_s"]["median"] > 0
+    assert set(res["end_to_end"]["vs_in_memory"]) == {"workers=0", "workers=1"}
+    assert isinstance(res["loader_is_bottleneck"], bool)
+
+
+def test_memory(bench, tmp_path: Path) -> None:
+    res = run(bench, "memory", tmp_path, "--implementations", "hub", "hand")
+    assert set(res["configs"]) == {"simclr hub batch 8", "simclr hand batch 8"}
+    for entry in res["configs"].values():
+        assert entry["peak_mb"] > 0
+
+
+def test_cut_init_time(bench, tmp_path: Path) -> None:
+    res = run(bench, "cut_init_time", tmp_path)
+    assert set(res["models"]) == {"test_vit", "resnet18"}
+    for entry in res["models"].values():
+        assert entry["num_params"] > 0 and entry["cut_init_s"]["median"] > 0
+        if entry["peak_increase_mb"] is not None:  # Linux: no copy of the weights
+            assert entry["peak_increase_mb"] < 0.5 * entry["param_mb"] + 4
+
+
+def test_gpu_bench_without_cuda(bench, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: gpu_bench would run for real")
+    with pytest.raises(SystemExit) as exit_info:
+        bench("gpu_bench").main(["--quick", "--out", str(REPO / "never-written.json")])
+    assert exit_info.value.code == 1
+    assert "no CUDA device" in capsys.readouterr().err
+    assert sys.modules.get("recipes.benchmarks.gpu_bench") is not None
