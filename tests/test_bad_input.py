@@ -312,12 +312,6 @@ def test_odd_modes_tiny_and_corrupt_images_train_and_are_counted(
     assert load_ssl_model(tmp_path / "messy").method == "simclr"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (loop.py, reporting): a run of --epochs 2 that ends exactly at the end of its "
-    "last epoch reports epochs=1 (summary, config.json, card): the epoch counter only moves when "
-    "the stream is found exhausted, which the loop never checks after its last step.",
-)
 def test_two_full_epochs_are_reported_as_two(messy_dataset, tmp_path: Path) -> None:
     folder, _ = messy_dataset
     cfg = tiny_config(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,19 +19,30 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
-    """Import ``recipes.benchmarks.<name>`` with the repository root on ``sys.path``."""
-    monkeypatch.syspath_prepend(str(REPO))
+def bench(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], ModuleType]]:
+    """Import ``recipes.benchmarks.<name>`` with the repository root on ``sys.path``.
 
-    def load(name: str):
+    Afterwards the torch thread count and Accelerate's process-wide state are restored, so the
+    benchmarks' ``set_num_threads`` and ``Accelerator(cpu=True)`` do not leak into other tests.
+    """
+    import torch
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.syspath_prepend(str(REPO))
+    threads = torch.get_num_threads()
+
+    def load(name: str) -> ModuleType:
         return importlib.import_module(f"recipes.benchmarks.{name}")
 
-    return load
+    yield load
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def run(bench, name: str, tmp_path: Path, *extra: str) -> dict:
     out = tmp_path / f"{name}.json"
-    returned = bench(name).main(["--quick", "--out", str(out), *extra])
+    # one thread: a smoke test, and 2 threads on 2 busy cores can be 15x slower (OMP spinning)
+    returned = bench(name).main(["--quick", "--threads", "1", "--out", str(out), *extra])
     stored = json.loads(out.read_text(encoding="utf-8"))
     assert stored["benchmark"] == name
     assert {"env", "config", "summary"} <= set(stored)

@@ -412,13 +412,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         # the epoch ended (stream exhausted) or training did (total_steps reached)
         corrupt = torch.tensor(float(data_lib.corrupt_count(loader)), device=accelerator.device)
         state["corrupt_images"] = int(accelerator.reduce(corrupt, reduction="sum").item())
-        if exhausted or state["step"] >= total_steps:
+        # training may stop exactly at an epoch's last batch, before the stream reports its end
+        epoch_end = exhausted or bool(
+            steps_per_epoch
+            and state["step"] >= total_steps
+            and state["step"] % steps_per_epoch == 0
+        )
+        if epoch_end:
+            state["epoch"] += 1
+        if epoch_end or state["step"] >= total_steps:
+            # records carry the number of completed epochs, like the kNN records
             summary = epoch_norms.reduce_across_processes(inplace=False).summary()
             history.append(summary, epoch=state["epoch"], step=state["step"])
             epoch_norms.reset()
-        if exhausted:
-            state["epoch"] += 1
-        if not cfg.eval_every and exhausted:
+        if not cfg.eval_every and epoch_end:
             run_eval()
         if not cfg.checkpoint_every or state["step"] >= total_steps:
             checkpoint(loader)
@@ -436,8 +443,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "image_size": cfg.image_size,
         "seed": cfg.seed,
         "steps": state["step"],
-        # passes over the data (the last epoch ends at max_steps, not always at the stream's end)
-        "epochs": round(state["step"] / steps_per_epoch, 2) if steps_per_epoch else state["epoch"],
+        "epochs": state["epoch"],  # completed passes over the data
         "images_seen": state["images_seen"],
         "corrupt_images": state["corrupt_images"],
         "wall_time_s": wall,
