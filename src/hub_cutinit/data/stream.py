@@ -249,8 +249,12 @@ class SSLImageStream(torch.utils.data.IterableDataset):
             return None
         # The augmentation's randomness is seeded by the sample's position, so a resumed run
         # (any number of workers) draws exactly the views an uninterrupted run would have drawn.
+        # Only the CPU generator: torch.manual_seed would also seed every CUDA / XPU / MTIA
+        # generator (queueing a lazy call with a formatted stack trace for each when they are
+        # not initialised, ~90 us per image), and fork_rng(devices=[]) does not restore those.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+            seed = int(np.random.SeedSequence(key).generate_state(1)[0])
+            torch.default_generator.manual_seed(seed)
             out = self.transform(image)
         sample: dict[str, Any] = (
             {"views": list(out)} if isinstance(out, (list, tuple)) else {"image": out}

@@ -14,8 +14,10 @@ Example (a few steps on the built-in dataset)::
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -33,11 +35,31 @@ from hub_cutinit.training.checkpoint import latest_checkpoint, load_checkpoint, 
 from hub_cutinit.training.config import TrainConfig
 from hub_cutinit.training.optim import build_optimizer
 
-__all__ = ["train", "train_step", "NonFiniteLossError"]
+__all__ = ["train", "train_step", "tune_cpu_allocator", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped before applying the bad update."""
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of handing it back to the OS after each step.
+
+    With glibc's defaults the ~90 MB of gradients that ``zero_grad(set_to_none=True)`` frees at
+    the end of a BYOL resnet18 step (and other large temporaries) are trimmed from the heap or
+    unmapped, then page-faulted in again by the next backward: ~22k minor faults per step, 5-8 %
+    of the step time on CPU. Process-wide; returns False (and does nothing) outside Linux/glibc
+    or when the user set a ``MALLOC_*`` variable. The price: the resident size no longer shrinks
+    after a peak, which a training process does not need.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
 def _all_true(flag: bool, device: torch.device) -> bool:
@@ -133,6 +155,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log_with=cfg.log_with,
         project_dir=cfg.output_dir,
     )
+    if accelerator.device.type == "cpu":
+        tune_cpu_allocator()
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("fp16 autocast does nothing on CPU; use --mixed-precision bf16 there.")
     set_seed(cfg.seed)
