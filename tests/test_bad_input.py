@@ -436,7 +436,7 @@ def test_some_missing_labels_do_not_crash_the_knn_monitor(tmp_path: Path) -> Non
 
 
 # -- Hub around a training run ---------------------------------------------------------------------
-SECRET = "hf_IssueSevenSecretTokenNeverWritten0042"
+SECRET = "hf_fake-issue7-secret-never-written-0042"
 
 
 def test_training_run_pushes_with_retries_and_never_leaks_the_token(

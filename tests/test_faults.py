@@ -152,7 +152,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(
 
 
 # -- Hub around recipe runs ----------------------------------------------------------------------
-SECRET = "hf_IssueSevenRecipeSecretToken00000000077"
+SECRET = "hf_fake-issue7-recipe-secret-token-077"
 
 
 def hub_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -495,7 +495,7 @@ def test_connection_errors_are_retried(fake_hub, saved, monkeypatch, caplog) -> 
 
 def test_401_is_explained_and_local_files_are_untouched(fake_hub, saved, monkeypatch) -> None:
     _, out = saved
-    bad = "hf_ThisTokenIsNotKnownToTheFakeHub42"
+    bad = "hf_fake-token-unknown-to-the-fake-hub-42"
     monkeypatch.delenv("HF_TOKEN")
     before = digest(out)
     with pytest.raises(HubAuthError) as info:
@@ -526,7 +526,7 @@ def test_token_never_reaches_files_or_logs(
     fake_hub, saved, tmp_path: Path, monkeypatch, caplog, capfd
 ) -> None:
     model, _ = saved
-    secret = "hf_SecretTokenThatMustNeverLeak987654321"
+    secret = "hf_fake-secret-that-must-never-leak-987"
     fake_hub.tokens[secret] = HUB_USER
     monkeypatch.delenv("HF_TOKEN")
     out = save_pretrained(model, tmp_path / "m", training_info=TRAINING_INFO)
