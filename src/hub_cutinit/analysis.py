@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from hub_cutinit.evaluation import knn_predict, norm_bucket_accuracy
+from hub_cutinit.plotting import save_figure
 
 __all__ = [
     "BUCKET_COLUMNS",
@@ -233,14 +234,7 @@ def plot_buckets(
         ax.set_title(f"{name} (kNN on {res['knn_on']})", fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, title_size=9)
 
 
 def format_table(results: Mapping[str, Mapping[str, Any]], markdown: bool = False) -> str:

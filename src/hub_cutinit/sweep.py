@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub_cutinit.plotting import save_figure
+
 __all__ = [
     "CPU_HEADS",
     "EMBEDDINGS",
@@ -759,14 +761,7 @@ def plot_curves(
             if col.startswith("norm_"):
                 ax.set_yscale("log")
         axes[i][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, title_size=10)
 
 
 def plot_weight_decay(
@@ -809,14 +804,7 @@ def plot_weight_decay(
         if key.startswith("norm_"):
             ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title=title, title_size=10)
 
 
 def write_outputs(cfg: SweepConfig, results: Sequence[Mapping[str, Any]]) -> list[Path]:
