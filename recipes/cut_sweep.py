@@ -11,12 +11,13 @@
 
 Repeat a command to continue an interrupted sweep (finished runs are skipped); `--no-train`
 rewrites the CSV, plots and tables from the finished runs; `--dry-run` lists the runs. Every
-flag: `python recipes/cut_sweep.py --help`. The library code is :mod:`hub_cutinit.sweep`.
+flag: `python recipes/cut_sweep.py --help`. The code is
+:mod:`hub_cutinit.experiments.sweep`.
 """
 
 import sys
 
-from hub_cutinit.sweep import main
+from hub_cutinit.experiments.sweep import main
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -12,6 +12,7 @@ import sys
 import timm
 import torch
 
+from hub_cutinit import get_preset
 from hub_cutinit.hub import load_ssl_model
 from hub_cutinit.training import main
 
@@ -28,11 +29,10 @@ DEMO_FLAGS = [
     "128",
     "--output-dir",
     "outputs/demo",
-    # smaller heads than the paper's 2048-d ones, so that 5 epochs fit in ~5 CPU minutes
+    # the "cpu" preset: smaller heads than the paper's 2048-d ones, so that 5 epochs fit in
+    # ~5 CPU minutes
     "--set",
-    "proj_hidden_dim=1024",
-    "proj_dim=256",
-    "pred_hidden_dim=256",
+    *(f"{key}={value}" for key, value in get_preset("byol", "cpu").items()),
 ]
 
 

@@ -17,7 +17,7 @@ Two halves:
     and fsynced;
   - ``before_rename:N``: in the checkpoint of step N, everything written, just before
     ``os.replace`` turns ``.tmp-step_N`` into ``step_N``;
-  - ``mid_step:N``: in the N-th call of ``train_step`` *in this process*, after the optimiser
+  - ``mid_step:N``: in the N-th call of ``Trainer.training_step`` *in this process*, after the optimiser
     step (an update that no checkpoint holds).
 
   ``HUB_CUTINIT_FAULT_SLOW=SECONDS`` sleeps that long inside every checkpoint write (between
@@ -94,7 +94,7 @@ def install_fault(spec: str | None, slow: float = 0.0) -> None:
     import accelerate
 
     from hub_cutinit.training import checkpoint as ckpt
-    from hub_cutinit.training import loop
+    from hub_cutinit.training.trainer import Trainer
 
     phase, n = None, -1
     if spec:
@@ -142,19 +142,19 @@ def install_fault(spec: str | None, slow: float = 0.0) -> None:
     ckpt.json = _Json()
     ckpt.os = _Os()
 
-    original_step = loop.train_step
+    original_step = Trainer.training_step
     calls = [0]
 
-    def train_step(*args: Any, **kwargs: Any) -> Any:
-        result = original_step(*args, **kwargs)
+    def training_step(self: Any, views: Any) -> Any:
+        result = original_step(self, views)
         calls[0] += 1
         if slow:
             time.sleep(slow / 2)
         if phase == "mid_step" and calls[0] == n:
-            _die(f"after the optimiser step of train_step call {n}")
+            _die(f"after the optimiser step of training_step call {n}")
         return result
 
-    loop.train_step = train_step
+    Trainer.training_step = training_step
 
 
 def _wrapper_main(argv: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""Norms as confidence (hub_cutinit.analysis, `hub-cutinit analyze`)."""
+"""Norms as confidence (hub_cutinit.experiments.norm_confidence, `hub-cutinit analyze`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hub_cutinit import create_ssl_model
-from hub_cutinit.analysis import BUCKET_COLUMNS, embed, norm_confidence, register_cli
+from hub_cutinit.evaluation import norm_confidence
+from hub_cutinit.experiments.norm_confidence import BUCKET_COLUMNS, embed, register_cli
 from hub_cutinit.hub import save_pretrained
 
 
@@ -106,3 +107,24 @@ def test_norm_confidence_finds_low_norm_samples_less_accurate() -> None:
     assert res["mean_norm_correct"] > res["mean_norm_wrong"]
     with pytest.raises(ValueError, match="knn_on"):
         norm_confidence({"backbone": bank}, labels[:200], {"backbone": test}, labels, knn_on="x")
+
+
+def test_analyze_knn_on_backbone_reports_only_the_asked_embeddings(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from hub_cutinit.experiments.norm_confidence import analyze
+
+    res = analyze(
+        tiny_model_dir,
+        max_samples=32,
+        k=5,
+        min_count=1,
+        embeddings=["projection"],
+        knn_on="backbone",
+        plot=False,
+        out_dir=tmp_path,
+    )
+    assert list(res["results"]) == ["projection"]
+    assert res["results"]["projection"]["knn_on"] == "backbone"
+    assert sum(r["count"] for r in res["buckets"]["projection"]) == 32
+    assert sorted(p.name for p in res["files"]) == ["norm_buckets.csv", "norm_buckets.md"]

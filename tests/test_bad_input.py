@@ -28,15 +28,13 @@ from fault_helpers import encode, write_image_parquet
 from PIL import Image
 from safetensors.torch import load_file
 
-from hub_cutinit import create_ssl_model
+from hub_cutinit import create_ssl_model, get_preset
 from hub_cutinit.hub import HubAuthError, HubError, load_ssl_model, push_to_hub, save_pretrained
-from hub_cutinit.training import NonFiniteLossError, TrainConfig, latest_checkpoint, train
-from hub_cutinit.training import loop as loop_module
+from hub_cutinit.training import NonFiniteLossError, TrainConfig, Trainer, latest_checkpoint, train
+from hub_cutinit.training import trainer as trainer_module
 
 SMALL_HEADS: dict[str, dict[str, Any]] = {
-    "simclr": {"proj_hidden_dim": 32, "proj_dim": 16},
-    "byol": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
-    "moco": {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 32},
+    m: get_preset(m, "tiny") for m in ("simclr", "byol", "moco")
 }
 
 
@@ -73,21 +71,21 @@ class _Stop(Exception):
 
 
 def patch_train_step(monkeypatch: pytest.MonkeyPatch, on_call: dict[int, str]) -> list[float]:
-    """Patch the loop's ``train_step``: ``"stop"`` raises :class:`_Stop` before call N,
+    """Patch ``Trainer.training_step``: ``"stop"`` raises :class:`_Stop` before call N,
     ``"nan"`` feeds call N NaN views. Returns the learning rate seen by every call."""
-    original = loop_module.train_step
+    original = Trainer.training_step
     lrs: list[float] = []
 
-    def patched(accelerator, model, optimizer, views):
-        lrs.append(optimizer.param_groups[0]["lr"])
+    def patched(self: Trainer, views: list[torch.Tensor]) -> Any:
+        lrs.append(self.optimizer.param_groups[0]["lr"])
         action = on_call.get(len(lrs))
         if action == "stop":
             raise _Stop
         if action == "nan":
             views = [torch.full_like(v, float("nan")) for v in views]
-        return original(accelerator, model, optimizer, views)
+        return original(self, views)
 
-    monkeypatch.setattr(loop_module, "train_step", patched)
+    monkeypatch.setattr(Trainer, "training_step", patched)
     return lrs
 
 
@@ -348,7 +346,7 @@ def test_corrupt_images_before_the_dropped_partial_batch_are_counted(tmp_path: P
 
 def _guard_endless_epochs(monkeypatch: pytest.MonkeyPatch, limit: int = 4) -> None:
     """Make a loop that would start epoch after empty epoch fail instead of hanging."""
-    original = loop_module.data_lib.make_train_loader
+    original = trainer_module.data_lib.make_train_loader
 
     def make(*args: Any, **kwargs: Any) -> Any:
         loader = original(*args, **kwargs)
@@ -362,7 +360,7 @@ def _guard_endless_epochs(monkeypatch: pytest.MonkeyPatch, limit: int = 4) -> No
         loader.set_epoch = guarded
         return loader
 
-    monkeypatch.setattr(loop_module.data_lib, "make_train_loader", make)
+    monkeypatch.setattr(trainer_module.data_lib, "make_train_loader", make)
 
 
 @pytest.mark.parametrize("n_good", [0, 6], ids=["all-corrupt", "fewer-good-than-batch"])

@@ -23,27 +23,31 @@ CASES = {
 
 
 def _one_step(rank: int, world: int, method: str, views: list[torch.Tensor], state: dict) -> tuple:
-    from accelerate import Accelerator
-
-    from hub_cutinit import create_ssl_model
-    from hub_cutinit.training.loop import train_step
-    from hub_cutinit.training.optim import build_optimizer
+    from hub_cutinit.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    accelerator = Accelerator(cpu=True)
-    assert accelerator.num_processes == world
-    model = create_ssl_model(method, "test_vit", **CASES[method])
-    model.load_state_dict(state)
-    optimizer, _ = build_optimizer(
-        model, "sgd", lr=0.5, weight_decay=5e-4, total_steps=10, warmup_steps=0
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
     batch = views[0].shape[0] // world
+    cfg = TrainConfig(
+        method=method,
+        backbone="test_vit",
+        batch_size=batch,
+        optimizer="sgd",
+        lr=0.5,
+        weight_decay=5e-4,
+        warmup_epochs=0,
+        overrides=CASES[method],
+        convergence_monitor=False,
+    )
+    trainer = Trainer(cfg)
+    trainer.setup_accelerator()
+    assert trainer.accelerator.num_processes == world
+    trainer.setup_model()
+    trainer.raw_model.load_state_dict(state)
+    trainer.setup_optimizer(total_steps=10)
     local = [v[rank * batch : (rank + 1) * batch] for v in views]
-    _, loss = train_step(accelerator, model, optimizer, local)
-    raw = accelerator.unwrap_model(model)
-    raw.update_teacher(0.3)
-    return float(loss), {k: v.detach().clone() for k, v in raw.state_dict().items()}
+    result = trainer.training_step(local)  # forward, backward, step, EMA: the trainer's own step
+    raw = trainer.raw_model
+    return result.log["loss"], {k: v.detach().clone() for k, v in raw.state_dict().items()}
 
 
 @pytest.mark.parametrize("method", list(CASES))

@@ -31,6 +31,7 @@ from fault_helpers import (
 )
 from safetensors.torch import load_file
 
+from hub_cutinit import get_preset
 from hub_cutinit.hub import load_ssl_model
 from hub_cutinit.training import latest_checkpoint
 
@@ -38,8 +39,8 @@ pytestmark = pytest.mark.faults
 
 MAX_STEPS = 16
 METHOD_FLAGS = {
-    "simclr": ["--set", "proj_hidden_dim=32", "proj_dim=16"],
-    "byol": ["--set", "proj_hidden_dim=32", "proj_dim=16", "pred_hidden_dim=8"],
+    m: ["--set", *(f"{k}={v}" for k, v in get_preset(m, "tiny").items())]
+    for m in ("simclr", "byol")
 }
 CHECKPOINT_PHASES = ("after_save_state", "mid_state_json", "before_rename")
 
@@ -252,8 +253,8 @@ def test_recipe_nan_exits_non_zero_naming_the_step_and_cause(tmp_path: Path) -> 
         + ["--output-dir", str(out)],
     )
     assert run.returncode == 1, run.tail()
-    error = error_line(run.stderr, "hub_cutinit.training.loop.NonFiniteLossError:")
-    assert error.startswith("hub_cutinit.training.loop.NonFiniteLossError: Non-finite loss")
+    error = error_line(run.stderr, "hub_cutinit.training.trainer.NonFiniteLossError:")
+    assert error.startswith("hub_cutinit.training.trainer.NonFiniteLossError: Non-finite loss")
     assert "at step 2." in error and "learning rate" in error and "c=3" in error
     assert latest_checkpoint(out) is None or check_complete(latest_checkpoint(out)) == 1
     assert not partial_dirs(out) and not (out / "model.safetensors").exists()

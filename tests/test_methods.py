@@ -6,23 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from hub_cutinit import create_ssl_model, get_method_defaults, list_methods, register_method
-from hub_cutinit.methods.base import cosine_momentum
+from hub_cutinit import (
+    create_ssl_model,
+    get_method_defaults,
+    get_preset,
+    list_methods,
+    register_method,
+)
+from hub_cutinit.data import make_view_transform
+from hub_cutinit.losses import DINOLoss
+from hub_cutinit.methods.base import ViewSpec, cosine_momentum
 from hub_cutinit.methods.simclr import SimCLR
-from hub_cutinit.registry import unregister_method
+from hub_cutinit.registry import get_display_name, get_method_class, unregister_method
 
-SMALL = {
-    "simclr": {},
-    "moco": {"queue_size": 32, "proj_hidden_dim": 32},
-    "byol": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
-    "simsiam": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
-    "dino": {
-        "head_out_dim": 32,
-        "head_hidden_dim": 16,
-        "head_bottleneck_dim": 8,
-        "num_local_views": 2,
-    },
-}
+SMALL = {m: get_preset(m, "tiny") for m in ("simclr", "moco", "byol", "simsiam", "dino")}
 
 
 def views_for(method: str, batch: int = 4, size: int = 32) -> list[torch.Tensor]:
@@ -170,3 +167,145 @@ def test_module_backbone_and_custom_registration() -> None:
         unregister_method("tiny-simclr")
     with pytest.raises(ValueError, match="family"):
         register_method(type("Bad", (SimCLR,), {"name": "bad", "family": "other"}))
+
+
+# -- what the methods own: presets, display names, views, per-step hooks, embed() ---------------
+
+CPU_PRESETS = {
+    "simclr": {},
+    "byol": {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 256},
+    "simsiam": {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 256},
+    "moco": {"proj_hidden_dim": 512, "queue_size": 1024},
+    "dino": {"head_out_dim": 4096, "head_hidden_dim": 1024, "num_local_views": 2},
+}
+
+
+def test_presets_are_copies_and_bad_names_list_the_valid_ones() -> None:
+    for method in list_methods():
+        assert get_preset(method, "paper") == {}
+        assert get_preset(method, "cpu") == CPU_PRESETS[method]
+        assert set(get_preset(method, "tiny")) <= set(get_method_defaults(method))
+    preset = get_preset("byol", "tiny")
+    preset["proj_dim"] = 999
+    assert get_preset("byol", "tiny")["proj_dim"] == 16
+    with pytest.raises(ValueError, match=r"Unknown preset 'small'.*\['cpu', 'paper', 'tiny'\]"):
+        get_preset("byol", "small")
+    with pytest.raises(ValueError, match="Unknown method 'byl'"):
+        get_preset("byl", "cpu")
+    bad = type("BadPreset", (SimCLR,), {"name": "bad-preset", "presets": {"x": {"nope": 1}}})
+    with pytest.raises(ValueError, match=r"presets\['x'\] sets \['nope'\]"):
+        register_method(bad)
+    assert "bad-preset" not in list_methods()
+
+
+def test_display_names_come_from_the_classes() -> None:
+    names = {m: get_display_name(m) for m in list_methods()}
+    assert names == {
+        "byol": "BYOL",
+        "dino": "DINO",
+        "moco": "MoCo",
+        "simclr": "SimCLR",
+        "simsiam": "SimSiam",
+    }
+    assert get_display_name("someone-elses-method") == "someone-elses-method"
+
+
+def test_view_spec_drives_the_transform() -> None:
+    from PIL import Image
+
+    assert get_method_class("byol").view_spec() == ViewSpec(2, 0, (0.2, 1.0))
+    dino = get_method_class("dino").view_spec({"num_local_views": 3})
+    assert (dino.num_global, dino.num_local, dino.global_scale) == (2, 3, (0.4, 1.0))
+    crop = make_view_transform("dino", 32).global_transform.transforms[0]
+    assert tuple(crop.scale) == (0.4, 1.0)
+    assert tuple(make_view_transform("moco", 32).global_transform.transforms[0].scale) == (
+        0.2,
+        1.0,
+    )
+
+    class HalfLocal(SimCLR):  # a two-view method turned multi-crop through its spec alone
+        name = "half-local"
+
+        @classmethod
+        def view_spec(cls, hparams=None) -> ViewSpec:
+            return ViewSpec(num_global=2, num_local=1, local_size_fraction=0.5)
+
+    views = make_view_transform(HalfLocal, 64, num_local_views=2)(Image.new("RGB", (70, 70)))
+    assert [tuple(v.shape[-2:]) for v in views] == [(64, 64)] * 2 + [(32, 32)] * 2
+    with pytest.raises(ValueError, match="num_global >= 1"):
+        ViewSpec(num_global=0)
+
+
+def test_momentum_schedule_constant_and_cosine() -> None:
+    cosine = create_ssl_model("byol", "test_resnet", **SMALL["byol"])
+    constant = create_ssl_model(
+        "byol", "test_resnet", momentum_schedule="constant", **SMALL["byol"]
+    )
+    assert cosine.momentum_at(0.5) == pytest.approx(0.995)
+    assert constant.momentum_at(0.0) == constant.momentum_at(0.5) == 0.99
+    assert create_ssl_model("simsiam", "test_resnet", **SMALL["simsiam"]).momentum_at(0.5) is None
+    with pytest.raises(
+        ValueError, match=r"momentum_schedule must be one of \['cosine', 'constant'\]"
+    ):
+        create_ssl_model("moco", "test_resnet", momentum_schedule="linear", **SMALL["moco"])
+    with pytest.raises(ValueError, match="Unknown hyper-parameter.*momentum_schedule"):
+        create_ssl_model("simclr", "test_resnet", momentum_schedule="constant")
+
+
+@pytest.mark.parametrize("method", ["byol", "moco", "dino", "simclr", "simsiam"])
+def test_on_step_end_updates_the_teacher_and_reports(method: str) -> None:
+    model = create_ssl_model(method, "test_resnet", **SMALL[method])
+    if model.teacher is None:
+        assert model.on_step_end(0.5) == {}
+        return
+    part = model.teacher_parts[1]
+    with torch.no_grad():
+        for p in getattr(model, part).parameters():
+            p.add_(1.0)
+    before = [t.detach().clone() for t in model.teacher[part].parameters()]
+    logs = model.on_step_end(0.25)
+    m = cosine_momentum(model.hparams["momentum"], 0.25)
+    assert logs["ema_momentum"] == pytest.approx(m)
+    for t, b, s in zip(
+        model.teacher[part].parameters(), before, getattr(model, part).parameters(), strict=True
+    ):
+        torch.testing.assert_close(t, m * b + (1 - m) * s)
+    if method == "dino":
+        reference = DINOLoss(8, teacher_temp=0.07, warmup_teacher_temp=0.04)
+        model.criterion.teacher_temp = 0.07  # a real warm-up: 0.04 -> 0.07 over 30 % of training
+        logs = model.on_step_end(0.15)
+        reference.progress = 0.15
+        assert logs["teacher_temp"] == pytest.approx(reference.current_teacher_temp()) == 0.055
+
+
+@pytest.mark.parametrize("method", ["byol", "moco", "dino", "simclr", "simsiam"])
+def test_embed_matches_forward_and_has_no_side_effects(method: str) -> None:
+    torch.manual_seed(0)
+    model = create_ssl_model(method, "test_resnet", **SMALL[method]).eval()
+    image = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        emb = model.embed(image)
+    after = model.state_dict()
+    for key, value in state.items():  # the queue, the DINO centre and the teacher included
+        assert torch.equal(after[key], value), key
+    expected = {"backbone", "projection"} | (
+        {"prediction"} if method in ("byol", "simsiam") else set()
+    )
+    assert set(emb) == expected
+    with torch.no_grad():
+        out = model([image, image])  # eval mode: the forward's first view is this batch
+    for key in expected:
+        torch.testing.assert_close(emb[key], out.embeddings[key][:4], msg=key)
+
+
+def test_moco_queue_and_dino_centre_move_in_training_but_not_in_embed() -> None:
+    moco = create_ssl_model("moco", "test_resnet", **SMALL["moco"])
+    dino = create_ssl_model("dino", "test_resnet", **SMALL["dino"])
+    image = torch.randn(4, 3, 32, 32)
+    for model, buffer in ((moco, "queue"), (dino, "criterion.center")):
+        before = model.get_buffer(buffer).clone()
+        model.embed(image)  # train mode, with grad: still no side effect on the buffer
+        assert torch.equal(model.get_buffer(buffer), before)
+        model(views_for(model.name))
+        assert not torch.equal(model.get_buffer(buffer), before)  # the check can fail

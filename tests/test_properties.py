@@ -177,7 +177,7 @@ OVERRIDE_VALUES: dict[str, st.SearchStrategy] = {
     "base_lr": st.floats(1e-4, 1.0),
     "optimizer": st.sampled_from(["sgd", "lars", "adamw"]),
     "sgd_momentum": st.floats(0.0, 0.99),
-    "warmup_fraction": st.floats(0.0, 0.5),
+    "nesterov": st.booleans(),
     "grad_scale_power": st.floats(0.0, 2.0),
     "cut_scope": st.sampled_from(["all", "heads", "last"]),
     "num_local_views": st.integers(0, 2),

@@ -1,4 +1,4 @@
-"""The cut sweep (hub_cutinit.sweep, recipes/cut_sweep.py) and GradScale as a sweep option."""
+"""The cut sweep (hub_cutinit.experiments.sweep, recipes/cut_sweep.py) and GradScale."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from hub_cutinit import create_ssl_model
-from hub_cutinit.sweep import (
-    CSV_COLUMNS,
+from hub_cutinit.experiments.sweep import (
     RunSpec,
     SweepConfig,
     epoch_rows,
@@ -23,8 +22,10 @@ from hub_cutinit.sweep import (
     train_config,
     write_outputs,
 )
+from hub_cutinit.experiments.tables import CSV_COLUMNS
+from hub_cutinit.registry import get_preset
 
-TINY_HEADS = {"byol": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8}}
+TINY_HEADS = {"byol": get_preset("byol", "tiny")}
 
 
 def _tiny(tmp_path: Path, **kw) -> SweepConfig:
@@ -203,7 +204,8 @@ def test_flags_parse_into_a_sweep_config() -> None:
     assert len(sweep_grid(cfg)) == 2 * 2 * 2 * 2
     spec = RunSpec("byol", 9.0, None, 1.0, 3)
     tcfg = train_config(cfg, spec)
-    assert tcfg.overrides["proj_dim"] == 64 and tcfg.overrides["proj_hidden_dim"] == 1024
+    cpu = get_preset("byol", "cpu")
+    assert tcfg.overrides == {**cpu, "proj_dim": 64}  # --small-heads, then --set wins
     assert "temperature" not in tcfg.overrides  # BYOL has no temperature
     assert train_config(cfg, RunSpec("simclr", 1.0, 0.0, 0.0, 3)).overrides == {"temperature": 0.2}
     assert tcfg.grad_scale_power == 1.0 and tcfg.model_overrides()["grad_scale_power"] == 1.0

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from hub_cutinit import get_preset
+
 try:
     from . import common
     from . import train_step as ts
@@ -36,10 +38,7 @@ except ImportError:  # run as a file: python recipes/benchmarks/overhead.py
     import train_step as ts
 
 NAME = "overhead"
-TINY_OVERRIDES = {
-    "byol": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
-    "simclr": {"proj_hidden_dim": 32, "proj_dim": 16},
-}
+TINY_OVERRIDES = {method: get_preset(method, "tiny") for method in ("byol", "simclr")}
 
 
 def norm_tracking(

@@ -7,7 +7,7 @@ momentum 0.9, the method's weight decay and lr), timm backbone and heads of the 
 - ``hub``: what :func:`hub_cutinit.training.train` runs per step: ``create_ssl_model`` +
   ``Accelerator(cpu=True)`` + ``build_optimizer`` + ``train_step``, then the norm statistics
   (``NormTracker.update`` and the per-step mean-norm reduce), the lr schedule and the teacher
-  EMA, exactly as in ``training/loop.py`` (:meth:`HubRunner.step` mirrors that loop body);
+  EMA: :meth:`HubRunner.step` calls ``Trainer.training_step`` itself;
 - ``hand``: a minimal PyTorch loop: ``nn.Sequential`` heads, the loss written inline,
   ``torch.optim.SGD``, a ``torch._foreach_lerp_`` EMA;
 - ``lightly``: lightly's modules (``NTXentLoss``, ``SimCLRProjectionHead``, ``ProjectionHead``
@@ -104,14 +104,15 @@ def _sgd_like(optimizer: torch.optim.Optimizer, params: Any) -> torch.optim.SGD:
 
 # ------------------------------------------------------------------------------- hub_cutinit
 class HubRunner:
-    """hub_cutinit's training step, as :func:`hub_cutinit.training.train` runs it.
+    """hub_cutinit's training step: :meth:`hub_cutinit.training.Trainer.training_step` itself.
 
     Args:
         method: ``"simclr"`` or ``"byol"`` (any registered method works).
         views: the batch, reused every step.
         accelerator: an ``accelerate.Accelerator`` (``cpu=True`` here, bf16 on GPU).
         backbone: timm model name.
-        track_norms: run the norm statistics (off only to measure their cost).
+        track_norms: run the norm statistics and the convergence monitor (off only to measure
+            their cost).
         total_steps: length of the lr / EMA schedules.
         channels_last: put the model and the views in channels-last memory format.
         overrides: hyper-parameters for ``create_ssl_model`` (e.g. smaller heads).
@@ -131,78 +132,56 @@ class HubRunner:
         channels_last: bool = False,
         overrides: dict[str, Any] | None = None,
     ) -> None:
-        from hub_cutinit import create_ssl_model
-        from hub_cutinit.norms import NormTracker
-        from hub_cutinit.training import loop
-        from hub_cutinit.training.optim import build_optimizer
+        from hub_cutinit.training import TrainConfig, Trainer
 
-        # process-wide settings that train() applies, if this version of the loop has them
-        tune = getattr(loop, "tune_cpu_allocator", None)
-        if tune is not None and torch.device(accelerator.device).type == "cpu":
-            tune()
-
-        model = create_ssl_model(method, backbone, **(overrides or {}))
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        hp = model.hparams
-        lr = float(hp["base_lr"]) * views[0].shape[0] / 256
-        optimizer, self.scheduler = build_optimizer(
-            model,
-            hp["optimizer"],
-            lr=lr,
-            weight_decay=float(hp["weight_decay"]),
-            total_steps=total_steps,
-            warmup_steps=0,
-            momentum=float(hp["sgd_momentum"]),
+        cfg = TrainConfig(
+            method=method,
+            backbone=backbone,
+            batch_size=views[0].shape[0],
+            warmup_epochs=0,
+            overrides=dict(overrides or {}),
+            convergence_monitor=track_norms,
         )
-        self.accelerator = accelerator
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self.raw = accelerator.unwrap_model(self.model)
+        self.trainer = trainer = Trainer(cfg, accelerator=accelerator)
+        trainer.setup_accelerator()
+        trainer.setup_model()
+        if channels_last:
+            trainer.raw_model.to(memory_format=torch.channels_last)
+        trainer.setup_optimizer(total_steps=total_steps)
+        if not track_norms:  # the step minus the norm statistics, to price them
+            trainer._names = []
+            trainer._norm_statistics = lambda embeddings, loss: loss.reshape(1)
+        self.accelerator = trainer.accelerator
+        self.model, self.optimizer = trainer.model, trainer.optimizer
+        self.scheduler, self.raw = trainer.scheduler, trainer.raw_model
         self.model.train()
         self.views = views
         self.track_norms = track_norms
-        self.tracker = NormTracker()
-        self.names: list[str] | None = None
         self.total_steps = total_steps
-        self.steps = 0
         self.first_loss: float | None = None
         self.last_embeddings: dict[str, torch.Tensor] = {}
         self.last_log: dict[str, float] = {}
 
+    @property
+    def steps(self) -> int:
+        return self.trainer.state.step
+
+    @property
+    def tracker(self) -> Any:
+        return self.trainer.epoch_norms
+
     def norm_statistics(self, embeddings: dict[str, torch.Tensor], loss_mean: torch.Tensor) -> Any:
         """The trainer's per-step norm work: tracker update + mean norms reduced over processes."""
-        self.tracker.update(embeddings)
-        self.names = self.names or sorted(embeddings)
-        means = torch.stack(
-            [embeddings[k].float().norm(dim=1).mean() for k in self.names] + [loss_mean]
-        )
-        return self.accelerator.reduce(means, reduction="mean")
+        return self.trainer._norm_statistics(embeddings, loss_mean)
 
     def step(self) -> None:
-        """One step of ``training/loop.py`` (loop body minus data loading, tqdm and eval)."""
-        from hub_cutinit.training.loop import train_step
-
-        accelerator, raw = self.accelerator, self.raw
-        views = [v.to(accelerator.device, non_blocking=True) for v in self.views]
-        out, loss_mean = train_step(accelerator, self.model, self.optimizer, views)
-        embeddings = {k: v.detach() for k, v in out.embeddings.items()}
-        self.last_embeddings = embeddings
-        if self.track_norms:
-            means = self.norm_statistics(embeddings, loss_mean)
-        else:
-            means = loss_mean.reshape(1)
-        if not accelerator.sync_gradients:
-            return
-        self.steps += 1
-        self.scheduler.step_update(self.steps)
-        raw.update_teacher(self.steps / self.total_steps)
-        log = {"loss": float(means[-1]), "lr": self.optimizer.param_groups[0]["lr"]}
-        if self.track_norms:
-            log.update({f"norm/{k}": float(v) for k, v in zip(self.names, means[:-1], strict=True)})
-        accelerator.log(log, step=self.steps)
-        self.last_log = log
-        if self.first_loss is None:
-            self.first_loss = log["loss"]
+        """One :meth:`Trainer.training_step` (data loading, tqdm and evaluation excluded)."""
+        result = self.trainer.training_step(self.views)
+        self.last_embeddings = result.embeddings
+        if result.synced:
+            self.last_log = result.log
+            if self.first_loss is None:
+                self.first_loss = result.log["loss"]
 
 
 # -------------------------------------------------------------------------------- hand-written

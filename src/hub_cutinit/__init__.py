@@ -1,35 +1,49 @@
 """hub_cutinit: cut-initialisation for self-supervised vision models.
 
+Importing the package registers the built-in methods (:mod:`hub_cutinit.methods`); the
+registry (:mod:`hub_cutinit.registry`) is a leaf and :mod:`hub_cutinit.factory` builds models.
+
 Example:
     >>> import timm
     >>> from hub_cutinit import cut_init, create_ssl_model
     >>> backbone = cut_init(timm.create_model("resnet18", num_classes=0), c=3)
     >>> model = create_ssl_model("byol", "resnet18")  # heads + teacher, cut with c = 9
+    >>> get_display_name("byol"), list_methods()
+    ('BYOL', ['byol', 'dino', 'moco', 'simclr', 'simsiam'])
 """
 
+import hub_cutinit.methods  # noqa: F401  (registers the built-in methods)
+from hub_cutinit._version import __version__
 from hub_cutinit.cut import cut_init, cut_targets, get_cut_factor
-from hub_cutinit.methods.base import SSLModel, SSLOutput
+from hub_cutinit.factory import create_backbone, create_ssl_model
+from hub_cutinit.methods.base import SSLModel, SSLOutput, ViewSpec
 from hub_cutinit.registry import (
-    create_backbone,
-    create_ssl_model,
+    get_display_name,
+    get_method_class,
     get_method_defaults,
+    get_preset,
     list_methods,
     register_method,
+    unregister_method,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SSLModel",
     "SSLOutput",
+    "ViewSpec",
+    "__version__",
     "create_backbone",
     "create_ssl_model",
     "cut_init",
     "cut_targets",
     "get_cut_factor",
+    "get_display_name",
+    "get_method_class",
     "get_method_defaults",
+    "get_preset",
     "list_methods",
     "register_method",
+    "unregister_method",
 ]
 
 

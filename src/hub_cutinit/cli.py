@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 import torch
 
-from hub_cutinit.registry import create_ssl_model, get_method_defaults, list_methods
+from hub_cutinit._version import __version__
+from hub_cutinit.factory import create_ssl_model
+from hub_cutinit.registry import get_display_name, get_method_defaults, get_preset, list_methods
 
 __all__ = ["main", "build_parser", "initial_norms"]
 
@@ -24,17 +26,17 @@ __all__ = ["main", "build_parser", "initial_norms"]
 _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_cutinit.simulate",
     "hub_cutinit.hub",
-    "hub_cutinit.analysis",
+    "hub_cutinit.experiments.norm_confidence",
+    "hub_cutinit.train",
 )
 
-#: Small head sizes so that the norm table of every method builds in seconds on a CPU.
-_SMALL_HEADS = {
-    "simclr": {},
-    "moco": {"queue_size": 256, "proj_hidden_dim": 512},
-    "byol": {"proj_hidden_dim": 512, "proj_dim": 256, "pred_hidden_dim": 128},
-    "simsiam": {"proj_hidden_dim": 512, "proj_dim": 256, "pred_hidden_dim": 128},
-    "dino": {"head_out_dim": 1024, "head_hidden_dim": 512, "num_local_views": 0},
-}
+
+def _small_heads(method: str) -> dict:
+    """The method's ``"cpu"`` preset (small heads: the norm table builds in seconds), if any."""
+    try:
+        return get_preset(method, "cpu")
+    except ValueError:  # a method of one's own without a "cpu" preset
+        return {}
 
 
 @torch.no_grad()
@@ -62,7 +64,7 @@ def initial_norms(
     rows = []
     for c in cs:
         torch.manual_seed(seed)
-        model = create_ssl_model(method, backbone, c=c, **_SMALL_HEADS.get(method, {}))
+        model = create_ssl_model(method, backbone, c=c, **_small_heads(method))
         out = model([images, images.flip(-1)])
         row = {"c": float(c), "loss": float(out.loss)}
         row.update(
@@ -76,7 +78,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for name in list_methods():
         d = get_method_defaults(name)
         print(
-            f"{name:8s} family={d['family']:16s} c={d['c']:<4g} weight_decay={d['weight_decay']:<8g} "
+            f"{name:8s} {get_display_name(name):8s} family={d['family']:16s} c={d['c']:<4g} weight_decay={d['weight_decay']:<8g} "
             f"optimizer={d['optimizer']} base_lr={d['base_lr']}"
         )
         if args.verbose:
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hub-cutinit",
         description="Cut-initialisation for self-supervised vision models (timm + Accelerate + Hub).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("methods", help="list the registered SSL methods and their defaults")

@@ -2,10 +2,10 @@
 
 The kNN protocol is the paper's monitor (PAPER §7): l2-normalised features, cosine similarity,
 the ``k = 200`` nearest training samples vote for their class with weight ``exp(sim / 0.1)``,
-the class with the largest summed weight wins. :func:`norm_bucket_accuracy` implements the
-"norms encode confidence" protocol (PAPER §5). For the honest baselines of PAPER §8 use the
-same functions on a randomly initialised backbone and on raw pixels
-(``extract_features(torch.nn.Flatten(), batches)``).
+the class with the largest summed weight wins. :func:`norm_confidence` implements the
+"norms encode confidence" protocol (PAPER §5) on top of :func:`norm_bucket_accuracy`. For the
+honest baselines of PAPER §8 use the same functions on a randomly initialised backbone and on
+raw pixels (``extract_features(torch.nn.Flatten(), batches)``).
 
 Example:
     >>> import torch
@@ -35,6 +35,7 @@ __all__ = [
     "knn_accuracy",
     "linear_probe",
     "norm_bucket_accuracy",
+    "norm_confidence",
     "knn_norm_buckets",
 ]
 
@@ -416,6 +417,45 @@ def linear_probe(
 
 
 # ------------------------------------------------------------------------------ norm buckets
+def _row_norms(x: Any, what: str) -> torch.Tensor:
+    """``(N,)`` float64 CPU norms of ``(N, D)`` embeddings, or ``(N,)`` norms as they are."""
+    x = torch.as_tensor(x).detach()
+    if x.ndim == 1:
+        return x.to("cpu", torch.float64)
+    return torch.linalg.vector_norm(_as_features(x, what).to(torch.float64), dim=1).cpu()
+
+
+def _bucket_inputs(
+    norms: Any, correct: Any, step: float, min_count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated float64 CPU ``(N,)`` norms and 0/1 ``correct`` (norm_bucket_accuracy)."""
+    norms = torch.as_tensor(norms).detach()
+    if norms.ndim == 2:
+        norms = _row_norms(norms, "norms")
+    if norms.ndim != 1:
+        raise ValueError(
+            f"norms must be (N,) norms or (N, D) embeddings, got shape {tuple(norms.shape)}"
+        )
+    norms = norms.to("cpu", torch.float64)
+    correct = torch.as_tensor(correct).detach().cpu()
+    if correct.ndim != 1 or len(correct) != len(norms):
+        raise ValueError(
+            f"correct must be (N,) with one entry per norm; got shape {tuple(correct.shape)} for "
+            f"{len(norms)} norms"
+        )
+    if len(norms) == 0:
+        raise ValueError("no samples; pass at least one norm")
+    if not torch.isfinite(norms).all():
+        raise ValueError(
+            "norms contain inf/NaN; drop those samples first (e.g. norms[norms.isfinite()])"
+        )
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1], got {step!r}; the paper uses 0.05")
+    if int(min_count) != min_count or min_count < 1:
+        raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
+    return norms, correct.to(torch.float64)
+
+
 def norm_bucket_accuracy(
     norms: torch.Tensor,
     correct: torch.Tensor,
@@ -446,32 +486,7 @@ def norm_bucket_accuracy(
         >>> [(r["bucket_low"], r["count"], r["accuracy"]) for r in rows]
         [(0.0, 10, 0.0), (0.5, 10, 1.0)]
     """
-    norms = torch.as_tensor(norms).detach()
-    if norms.ndim == 2:
-        norms = torch.linalg.vector_norm(norms.to(torch.float64), dim=1)
-    if norms.ndim != 1:
-        raise ValueError(
-            f"norms must be (N,) norms or (N, D) embeddings, got shape {tuple(norms.shape)}"
-        )
-    norms = norms.to("cpu", torch.float64)
-    correct = torch.as_tensor(correct).detach().cpu()
-    if correct.ndim != 1 or len(correct) != len(norms):
-        raise ValueError(
-            f"correct must be (N,) with one entry per norm; got shape {tuple(correct.shape)} for "
-            f"{len(norms)} norms"
-        )
-    if len(norms) == 0:
-        raise ValueError("no samples; pass at least one norm")
-    if not torch.isfinite(norms).all():
-        raise ValueError(
-            "norms contain inf/NaN; drop those samples first (e.g. norms[norms.isfinite()])"
-        )
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be in (0, 1], got {step!r}; the paper uses 0.05")
-    if int(min_count) != min_count or min_count < 1:
-        raise ValueError(f"min_count must be a positive integer, got {min_count!r}")
-    correct = correct.to(torch.float64)
-
+    norms, correct = _bucket_inputs(norms, correct, step, min_count)
     lo, hi = float(norms.min()), float(norms.max())
     span = hi - lo
     scaled = (norms - lo) / span if span > 0 else torch.zeros_like(norms)
@@ -499,6 +514,73 @@ def norm_bucket_accuracy(
     return rows
 
 
+def norm_confidence(
+    bank: Mapping[str, torch.Tensor],
+    bank_labels: torch.Tensor,
+    test: Mapping[str, torch.Tensor],
+    test_labels: torch.Tensor,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    step: float = 0.05,
+    min_count: int = 10,
+    knn_on: str = "same",
+    **knn_kwargs: Any,
+) -> dict[str, dict[str, Any]]:
+    """The PAPER §5 protocol for several embeddings of the same samples: kNN-classify the test
+    set, then report the accuracy per bucket of each embedding's rescaled norm.
+
+    ``knn_on="same"`` classifies with a kNN on each embedding itself (``bank`` needs every
+    name of ``test``); another value names the embedding of ``bank`` / ``test`` whose kNN
+    decides correctness for all of them (e.g. ``"backbone"``: the other embeddings' norms are
+    then only the bucketing key; a ``test`` entry may then also be ``(N,)`` norms). Each kNN is
+    run once. ``knn_kwargs`` go to :func:`knn_predict` (``num_classes``, ``chunk_size``, ...).
+
+    Returns:
+        ``{name: {"buckets": rows, "accuracy": overall, "num_samples": N, "mean_norm": ...,
+        "mean_norm_correct": ..., "mean_norm_wrong": ..., "knn_on": source}}``; rows as in
+        :func:`norm_bucket_accuracy`; a mean over no sample is NaN.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(50, 4, generator=g); y = torch.arange(50) % 2
+        >>> out = norm_confidence({"backbone": x}, y, {"backbone": x}, y, k=1, min_count=1)
+        >>> out["backbone"]["accuracy"], out["backbone"]["knn_on"]
+        (1.0, 'backbone')
+    """
+    sources = set(test) if knn_on == "same" else {knn_on}
+    missing = sorted(s for s in sources if s not in bank or s not in test)
+    if missing:
+        raise ValueError(
+            f"knn_on={knn_on!r} needs {missing} embeddings in both bank and test (they have "
+            f"{sorted(bank)} and {sorted(test)}); knn_on is 'same' or the name of an embedding"
+        )
+    correct: dict[str, torch.Tensor] = {}
+    for source in sorted(sources):
+        feats, labels = _check_test(
+            test[source], test_labels, _as_features(bank[source], "bank").shape[1]
+        )
+        preds = knn_predict(
+            bank[source], bank_labels, feats, k=k, temperature=temperature, **knn_kwargs
+        )
+        correct[source] = preds == labels.cpu()
+    results: dict[str, dict[str, Any]] = {}
+    for name, feats in test.items():
+        source = name if knn_on == "same" else knn_on
+        hit, norms = correct[source], _row_norms(feats, f"test[{name!r}]")
+        rows = norm_bucket_accuracy(norms, hit, step=step, min_count=min_count)
+        results[name] = {
+            "buckets": rows,
+            "accuracy": float(hit.double().mean()),
+            "num_samples": int(len(hit)),
+            "mean_norm": float(norms.mean()),
+            "mean_norm_correct": float(norms[hit].mean()) if hit.any() else math.nan,
+            "mean_norm_wrong": float(norms[~hit].mean()) if (~hit).any() else math.nan,
+            "knn_on": source,
+        }
+    return results
+
+
 def knn_norm_buckets(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -512,7 +594,7 @@ def knn_norm_buckets(
     min_count: int = 10,
     **knn_kwargs: Any,
 ) -> list[dict[str, float | int]]:
-    """The full PAPER §5 protocol: kNN-classify the test set, then bucket by norm.
+    """The PAPER §5 protocol for one embedding (:func:`norm_confidence`'s bucket rows).
 
     ``test_norms`` defaults to the norms of ``test_feats`` (the raw backbone features); pass the
     norms of another embedding of the same samples (e.g. the projection) to study that one.
@@ -524,12 +606,19 @@ def knn_norm_buckets(
         >>> sum(r["count"] for r in rows), all(r["accuracy"] == 1.0 for r in rows)
         (40, True)
     """
-    test_feats_checked, test_labels_checked = _check_test(
-        test_feats, test_labels, _as_features(train_feats, "train_feats").shape[1]
+    test = {"features": test_feats}
+    if test_norms is not None:
+        test["norms"] = test_norms
+    results = norm_confidence(
+        {"features": train_feats},
+        train_labels,
+        test,
+        test_labels,
+        k=k,
+        temperature=temperature,
+        step=step,
+        min_count=min_count,
+        knn_on="features",
+        **knn_kwargs,
     )
-    preds = knn_predict(
-        train_feats, train_labels, test_feats_checked, k=k, temperature=temperature, **knn_kwargs
-    )
-    correct = preds == test_labels_checked.cpu()
-    norms = test_feats_checked if test_norms is None else test_norms
-    return norm_bucket_accuracy(norms, correct, step=step, min_count=min_count)
+    return results["norms" if test_norms is not None else "features"]["buckets"]

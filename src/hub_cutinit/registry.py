@@ -1,14 +1,20 @@
-"""The method registry: register SSL methods and create cut-initialised SSL models.
+"""The method registry: a leaf that maps names to SSL method classes.
+
+Like timm's ``_registry.py``, this module imports nothing of the methods, of the cut or of
+torch: each method module does ``@register_method`` on its class, the package
+``hub_cutinit/__init__.py`` imports :mod:`hub_cutinit.methods` (so the built-ins are registered
+before anyone asks), and :mod:`hub_cutinit.factory` builds models from what the registry holds.
 
 Example:
-    >>> from hub_cutinit import create_ssl_model, get_method_defaults, list_methods
+    >>> from hub_cutinit.registry import get_method_defaults, get_preset, list_methods
     >>> list_methods()
     ['byol', 'dino', 'moco', 'simclr', 'simsiam']
     >>> get_method_defaults("byol")["c"]
     9.0
-    >>> model = create_ssl_model("simclr", "resnet18", c=1)
-    >>> model.cut_init_c
-    1.0
+    >>> get_preset("moco", "cpu")
+    {'proj_hidden_dim': 512, 'queue_size': 1024}
+    >>> get_display_name("simsiam"), get_display_name("not-registered")
+    ('SimSiam', 'not-registered')
 """
 
 from __future__ import annotations
@@ -17,43 +23,29 @@ import copy
 import difflib
 from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from hub_cutinit.cut import cut_init, validate_c
-
 if TYPE_CHECKING:
     from hub_cutinit.methods.base import SSLModel
 
 __all__ = [
-    "COMMON_DEFAULTS",
     "register_method",
+    "unregister_method",
     "list_methods",
     "get_method_class",
     "get_method_defaults",
-    "create_ssl_model",
-    "create_backbone",
+    "get_display_name",
+    "get_preset",
 ]
 
-#: Hyper-parameters every method accepts (methods add their own in ``defaults``).
-COMMON_DEFAULTS: dict[str, Any] = {
-    "grad_scale_power": 0.0,  # GradScale p (extended paper); 0 = standard training
-    "cut_scope": "all",  # scope passed to cut_init
-    "num_global_views": 2,
-    "num_local_views": 0,
-    "backbone_kwargs": {},  # extra keyword arguments for timm.create_model
-    "momentum": None,  # EMA momentum of the teacher (momentum methods only)
-    "warmup_fraction": 0.05,  # share of training spent in linear lr warm-up
-    "sgd_momentum": 0.9,
-}
-
 _METHODS: dict[str, type[SSLModel]] = {}
+_REQUIRED_DEFAULTS = frozenset({"c", "weight_decay", "optimizer", "base_lr"})
 
 
 def register_method(cls: type[SSLModel]) -> type[SSLModel]:
     """Class decorator adding an :class:`~hub_cutinit.methods.base.SSLModel` to the registry.
 
     The class must define ``name``, ``family`` (``"contrastive"`` or ``"non-contrastive"``) and
-    ``defaults`` (with at least ``c``, ``weight_decay``, ``optimizer`` and ``base_lr``).
+    ``defaults`` (with at least ``c``, ``weight_decay``, ``optimizer`` and ``base_lr``); its
+    ``presets`` must be dicts of known hyper-parameters.
 
     Example:
         >>> from hub_cutinit.methods.simclr import SimCLR
@@ -67,42 +59,61 @@ def register_method(cls: type[SSLModel]) -> type[SSLModel]:
     name = getattr(cls, "name", "")
     if not name or not isinstance(name, str):
         raise ValueError(f"{cls.__name__} needs a non-empty string class attribute `name`.")
-    if cls.family not in ("contrastive", "non-contrastive"):
+    if getattr(cls, "family", None) not in ("contrastive", "non-contrastive"):
         raise ValueError(f"{cls.__name__}.family must be 'contrastive' or 'non-contrastive'.")
-    missing = {"c", "weight_decay", "optimizer", "base_lr"} - set(cls.defaults)
+    defaults = getattr(cls, "defaults", None) or {}
+    missing = _REQUIRED_DEFAULTS - set(defaults)
     if missing:
         raise ValueError(f"{cls.__name__}.defaults lacks {sorted(missing)}.")
+    for preset, values in (getattr(cls, "presets", None) or {}).items():
+        unknown = sorted(set(values) - set(defaults))
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}.presets[{preset!r}] sets {unknown}, which are not in "
+                f"{cls.__name__}.defaults; add them to defaults or drop them from the preset."
+            )
     if name in _METHODS and _METHODS[name] is not cls:
         raise ValueError(
-            f"A method named {name!r} is already registered ({_METHODS[name].__name__})."
+            f"A method named {name!r} is already registered ({_METHODS[name].__name__}); "
+            "pick another name or unregister_method() the old one first."
         )
     _METHODS[name] = cls
     return cls
 
 
 def unregister_method(name: str) -> type[SSLModel]:
-    """Remove a method from the registry and return its class."""
+    """Remove a method from the registry and return its class.
+
+    Example:
+        >>> from hub_cutinit.methods.simclr import SimCLR
+        >>> _ = register_method(type("Tmp", (SimCLR,), {"name": "tmp"}))
+        >>> unregister_method("tmp").__name__, "tmp" in list_methods()
+        ('Tmp', False)
+    """
+    if name not in _METHODS:
+        raise ValueError(f"No method named {name!r} is registered; known: {sorted(_METHODS)}.")
     return _METHODS.pop(name)
-
-
-def _ensure_builtin_methods() -> None:
-    # Importing the modules runs their @register_method decorators.
-    from hub_cutinit.methods import byol, dino, moco, simclr  # noqa: F401
 
 
 def list_methods() -> list[str]:
     """Names of the registered methods, sorted."""
-    _ensure_builtin_methods()
     return sorted(_METHODS)
 
 
 def get_method_class(method: str) -> type[SSLModel]:
-    """The :class:`SSLModel` subclass registered as ``method``."""
-    _ensure_builtin_methods()
+    """The :class:`SSLModel` subclass registered as ``method``.
+
+    Example:
+        >>> get_method_class("dino").display_name
+        'DINO'
+    """
     if method not in _METHODS:
-        close = difflib.get_close_matches(str(method), _METHODS, n=1)
+        close = difflib.get_close_matches(str(method), list(_METHODS), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"Unknown method {method!r}; known methods: {sorted(_METHODS)}.{hint}")
+        raise ValueError(
+            f"Unknown method {method!r}; known methods: {sorted(_METHODS)}.{hint} A method of "
+            "your own must be registered with @hub_cutinit.register_method before use."
+        )
     return _METHODS[method]
 
 
@@ -118,75 +129,37 @@ def get_method_defaults(method: str) -> dict[str, Any]:
     return {"family": cls.family, **copy.deepcopy(cls.defaults)}
 
 
-def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A timm model with ``num_classes=0`` (pooled features), or a clear error for a bad name.
+def get_display_name(method: str) -> str:
+    """The method's human-readable name (``"SimCLR"``); the raw name when not registered.
 
-    Example:
-        >>> create_backbone("resnet18").num_features
-        512
+    A model card may be rendered from a ``config.json`` alone, for a method this process has
+    not registered, hence the fallback instead of an error.
     """
-    import timm
-
-    if not isinstance(name, str) or not timm.is_model(name):
-        candidates = timm.list_models(f"*{name}*")[:8] if isinstance(name, str) else []
-        candidates = candidates or difflib.get_close_matches(str(name), timm.list_models(), n=5)
-        raise ValueError(
-            f"Unknown timm backbone {name!r}. Pick a name from timm.list_models()"
-            + (f", e.g. {candidates}." if candidates else ".")
-        )
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    cls = _METHODS.get(method)
+    return (getattr(cls, "display_name", "") or method) if cls is not None else str(method)
 
 
-def create_ssl_model(
-    method: str,
-    backbone: str | nn.Module,
-    *,
-    c: float | None = None,
-    pretrained: bool = False,
-    **overrides: Any,
-) -> SSLModel:
-    """Build a method's SSL model around a backbone and cut-initialise it.
+def get_preset(method: str, preset: str) -> dict[str, Any]:
+    """A copy of one of the method's named hyper-parameter presets.
 
-    Args:
-        method: a registered method name (see :func:`list_methods`).
-        backbone: a timm model name (created with ``num_classes=0``) or an ``nn.Module`` with an
-            integer ``num_features``.
-        c: the cut factor; ``None`` takes the method's default (3 contrastive, 9
-            non-contrastive), ``1`` means no cut.
-        pretrained: load timm's pretrained backbone weights (needs the internet or a cache).
-        **overrides: hyper-parameters replacing the method's defaults
-            (:func:`get_method_defaults` lists them).
-
-    The cut is applied after the heads are built and before the momentum teacher is copied.
+    Every method has ``"paper"`` (its defaults, so ``{}``); the built-ins also have ``"cpu"``
+    (the small heads of the sweep and demo) and ``"tiny"`` (test-size heads). Pass the result
+    as overrides: ``create_ssl_model(method, backbone, **get_preset(method, "cpu"))``.
 
     Example:
-        >>> m = create_ssl_model("byol", "resnet18", proj_hidden_dim=64, proj_dim=32)
-        >>> m.cut_init_c, m.hparams["proj_dim"]
-        (9.0, 32)
+        >>> get_preset("byol", "tiny")
+        {'proj_hidden_dim': 32, 'proj_dim': 16, 'pred_hidden_dim': 8}
+        >>> get_preset("simclr", "paper")
+        {}
+        >>> get_preset("simclr", "huge")
+        Traceback (most recent call last):
+        ...
+        ValueError: Unknown preset 'huge' for method 'simclr'; valid presets: ['cpu', 'paper', 'tiny'].
     """
     cls = get_method_class(method)
-    defaults = copy.deepcopy(cls.defaults)
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
+    presets = {"paper": {}, **(getattr(cls, "presets", None) or {})}
+    if preset not in presets:
         raise ValueError(
-            f"Unknown hyper-parameter(s) {unknown} for method {method!r}; valid ones: "
-            f"{sorted(defaults)}."
+            f"Unknown preset {preset!r} for method {method!r}; valid presets: {sorted(presets)}."
         )
-    hparams = {**defaults, **overrides}
-    c = validate_c(hparams["c"] if c is None else c)
-
-    if isinstance(backbone, str):
-        backbone_name: str | None = backbone
-        module = create_backbone(
-            backbone, pretrained=pretrained, **(hparams["backbone_kwargs"] or {})
-        )
-    elif isinstance(backbone, nn.Module):
-        backbone_name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
-        module = backbone
-    else:
-        raise ValueError(
-            f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}."
-        )
-    model = cls(module, hparams, backbone_name=backbone_name)
-    cut_init(model, c, scope=hparams["cut_scope"])
-    return model
+    return copy.deepcopy(dict(presets[preset]))

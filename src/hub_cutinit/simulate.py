@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hub_cutinit.plotting import new_figure, save_figure
 from hub_cutinit.theory import angle_from_tolerance, infonce_loss, predicted_steps
 
 __all__ = [
@@ -93,12 +94,9 @@ def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 4.0)):
-    """A matplotlib Figure without pyplot (no global backend state; PNG through Agg)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    return fig, axes
+    """A pyplot-free Agg figure (:func:`hub_cutinit.plotting.new_figure`), constrained layout."""
+    figsize = (size[0] * ncols, size[1] * nrows)
+    return new_figure(nrows, ncols, figsize=figsize, layout="constrained")
 
 
 def _save(rows: Rows, fig, out_dir: str | Path | None, name: str) -> None:
@@ -106,7 +104,7 @@ def _save(rows: Rows, fig, out_dir: str | Path | None, name: str) -> None:
         return
     out = Path(out_dir)
     write_csv(rows, out / f"{name}.csv")
-    fig.savefig(out / f"{name}.png", dpi=120)
+    save_figure(fig, out / f"{name}.png", dpi=120)
 
 
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:

@@ -51,8 +51,6 @@ from hub_cutinit.data.stream import (
 from hub_cutinit.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MULTI_CROP_METHODS,
-    TWO_VIEW_METHODS,
     EvalTransform,
     ViewTransform,
     local_crop_size,
@@ -65,8 +63,6 @@ __all__ = [
     "BUILTIN_NAMES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "MULTI_CROP_METHODS",
-    "TWO_VIEW_METHODS",
     "EvalTransform",
     "SSLDataLoader",
     "SSLImageStream",

@@ -183,6 +183,38 @@ def _local_splits(root: Path) -> dict[str, list[str]] | None:
     return splits if len(kinds) == 1 else None
 
 
+_ACCEPTED = (
+    "--dataset accepts a Hub dataset id (owner/name, e.g. uoft-cs/cifar10), a local folder, "
+    "file or glob (parquet, arrow or images), or 'builtin'"
+)
+
+
+def _hub_not_found(repo_id: str) -> str:
+    """Why the Hub refused ``repo_id`` (``datasets`` drops the HTTP status: ask once more)."""
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    endpoint = datasets.config.HF_ENDPOINT
+    status = None
+    try:
+        HfApi(endpoint=endpoint).dataset_info(repo_id, timeout=30)
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+    except Exception:  # the endpoint is unreachable now: keep the generic message
+        pass
+    if status == 401 or get_token() is None:
+        return (
+            f"dataset {repo_id!r} was not found on the Hub ({endpoint}; HTTP {status or 401}): "
+            "it does not exist, or it is private or gated and no token was sent. For a private "
+            "dataset log in with `huggingface-cli login` (or `hf auth login`) or set HF_TOKEN. "
+            f"Otherwise check the id: {_ACCEPTED}."
+        )
+    return (
+        f"dataset {repo_id!r} does not exist on the Hub ({endpoint}; HTTP {status or 404}), or "
+        f"the token in use has no access to it. {_ACCEPTED}."
+    )
+
+
 def _load(name_or_path: str, split: str, config: str | None, streaming: bool) -> IterableDataset:
     """Open any source as a ``datasets.IterableDataset`` (see the module docstring)."""
     path = Path(os.path.expanduser(name_or_path))
@@ -218,6 +250,10 @@ def _load(name_or_path: str, split: str, config: str | None, streaming: bool) ->
         args, kwargs = (str(path) if path.is_dir() else name_or_path, config), {}
     try:
         ds = datasets.load_dataset(*args, **kwargs, split=split, streaming=streaming)
+    except datasets.exceptions.DatasetNotFoundError as err:
+        if files is not None or path.is_dir():
+            raise
+        raise datasets.exceptions.DatasetNotFoundError(_hub_not_found(name_or_path)) from err
     except ValueError as err:
         if "split" in str(err).lower():
             raise ValueError(

@@ -18,19 +18,20 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from hub_cutinit.registry import get_method_class
+
+if TYPE_CHECKING:
+    from hub_cutinit.methods.base import SSLModel
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-#: Methods trained on two views of one augmentation family (paper §7).
-TWO_VIEW_METHODS: tuple[str, ...] = ("byol", "moco", "simclr", "simsiam")
-#: Methods trained on DINO's multi-crop (2 global + N local views).
-MULTI_CROP_METHODS: tuple[str, ...] = ("dino",)
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -85,16 +86,16 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         raise ValueError(f"cannot convert a PIL image of mode {mode!r} to RGB") from err
 
 
-def local_crop_size(image_size: int) -> int:
-    """Side of DINO's local crops: ``3/7`` of ``image_size`` rounded to a multiple of 8, >= 16.
+def local_crop_size(image_size: int, fraction: float = 3 / 7) -> int:
+    """Side of local crops: ``fraction`` of ``image_size`` rounded to a multiple of 8, >= 16.
 
-    ``3/7`` reproduces DINO's 96 px local crops at 224 px.
+    The default ``3/7`` reproduces DINO's 96 px local crops at 224 px.
 
     Example:
         >>> local_crop_size(224), local_crop_size(32), local_crop_size(96)
         (96, 16, 40)
     """
-    return max(16, int(round(image_size * 3 / 7 / 8)) * 8)
+    return max(16, int(round(image_size * fraction / 8)) * 8)
 
 
 def _augment(
@@ -168,7 +169,7 @@ class ViewTransform:
 
 
 def make_view_transform(
-    method: str,
+    method: str | type[SSLModel],
     image_size: int,
     *,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -177,7 +178,7 @@ def make_view_transform(
     num_global_views: int = 2,
     num_local_views: int = 4,
     local_size: int | None = None,
-    local_scale: tuple[float, float] = (0.05, 0.4),
+    local_scale: tuple[float, float] | None = None,
     color_jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.4, 0.1),
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
@@ -185,22 +186,27 @@ def make_view_transform(
     blur_p: float = 0.0,
     solarize_p: float = 0.0,
 ) -> ViewTransform:
-    """The SSL views of one method, as a picklable ``PIL.Image -> list[Tensor]``.
+    """The SSL views of one registered method, as a picklable ``PIL.Image -> list[Tensor]``.
 
-    ``simclr``, ``moco``, ``byol``, ``simsiam`` (paper §7): ``num_global_views`` (2) views of
-    ``RandomResizedCrop(image_size, scale=(0.2, 1))``, horizontal flip, colour jitter
-    ``(0.4, 0.4, 0.4, 0.1)`` with p 0.8, grayscale p 0.2, then ``ToImage``, ``ToDtype(float32)``
-    and ``Normalize(mean, std)`` (ImageNet statistics by default).
+    The method's :meth:`~hub_cutinit.methods.base.SSLModel.view_spec` says whether it takes
+    local crops and gives the crop scales and the local crop size; the arguments here override
+    the counts and the scales.
 
-    ``dino``: multi-crop with the same colour augmentations: 2 global crops at ``image_size``,
-    scale ``(0.4, 1)``, then ``num_local_views`` (default 4, cheap; DINO used 6-10) local crops,
-    scale ``local_scale`` (0.05, 0.4), of side ``local_size`` (default
-    :func:`local_crop_size`: 3/7 of ``image_size``, a multiple of 8, at least 16).
+    Two-view methods (``simclr``, ``moco``, ``byol``, ``simsiam``, paper §7):
+    ``num_global_views`` (2) views of ``RandomResizedCrop(image_size, scale=(0.2, 1))``,
+    horizontal flip, colour jitter ``(0.4, 0.4, 0.4, 0.1)`` with p 0.8, grayscale p 0.2, then
+    ``ToImage``, ``ToDtype(float32)`` and ``Normalize(mean, std)`` (ImageNet statistics).
+
+    Multi-crop methods (``dino``: its spec has local views): the same colour augmentations,
+    global crops at ``image_size`` with the spec's scale ((0.4, 1) for DINO), then
+    ``num_local_views`` (default 4, cheap; DINO used 6-10) local crops of the spec's
+    ``local_scale`` ((0.05, 0.4)) and side ``local_size`` (default :func:`local_crop_size`:
+    3/7 of ``image_size``, a multiple of 8, at least 16).
 
     Gaussian blur (``blur_p``) and solarisation (``solarize_p``) are off by default (at 32 px
     they mostly destroy the image); set them to follow BYOL / DINO more closely.
 
-    Any PIL mode is accepted (see :func:`to_rgb`). Unknown methods raise ``ValueError``.
+    Any PIL mode is accepted (see :func:`to_rgb`). Unregistered methods raise ``ValueError``.
 
     Example:
         >>> from PIL import Image
@@ -210,9 +216,10 @@ def make_view_transform(
         >>> t.num_views
         (2, 3)
     """
-    name = method.lower()
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
+    cls = method if isinstance(method, type) else get_method_class(str(method).lower())
+    spec = cls.view_spec()
     common = dict(
         mean=mean,
         std=std,
@@ -223,15 +230,12 @@ def make_view_transform(
         blur_p=blur_p,
         solarize_p=solarize_p,
     )
-    if name in TWO_VIEW_METHODS:
-        glob = _augment(image_size, scale or (0.2, 1.0), **common)
+    glob = _augment(image_size, scale or spec.global_scale, **common)
+    if spec.num_local == 0:
         return ViewTransform(glob, num_global_views)
-    if name in MULTI_CROP_METHODS:
-        glob = _augment(image_size, scale or (0.4, 1.0), **common)
-        local = _augment(local_size or local_crop_size(image_size), local_scale, **common)
-        return ViewTransform(glob, num_global_views, local, num_local_views)
-    known = ", ".join(sorted(TWO_VIEW_METHODS + MULTI_CROP_METHODS))
-    raise ValueError(f"unknown SSL method {method!r} for views; expected one of: {known}")
+    size = local_size or local_crop_size(image_size, spec.local_size_fraction)
+    local = _augment(size, local_scale or spec.local_scale, **common)
+    return ViewTransform(glob, num_global_views, local, num_local_views)
 
 
 class EvalTransform:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -27,9 +26,9 @@ from hub_cutinit.hub.format import (
     FORMAT_VERSION,
     PLOT_NAME,
     read_config,
-    write_bytes_atomic,
     write_text_atomic,
 )
+from hub_cutinit.registry import get_display_name
 
 __all__ = [
     "render_model_card",
@@ -42,13 +41,6 @@ __all__ = [
 
 #: Tags of every card (the method name is added).
 CARD_TAGS = ("self-supervised", "cut-init", "hub-cutinit", "timm")
-_METHOD_NAMES = {
-    "simclr": "SimCLR",
-    "moco": "MoCo",
-    "byol": "BYOL",
-    "simsiam": "SimSiam",
-    "dino": "DINO",
-}
 #: Built-in dataset of hub_cutinit.data and its Hub counterpart.
 _BUILTIN_DATASET = (
     "built-in Fashion-MNIST subset (10k train / 2k test images)",
@@ -124,8 +116,8 @@ def plot_norm_history(
 ) -> Path | None:
     """Plot the mean embedding norm per epoch (one line per embedding) to a PNG.
 
-    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change). Returns the
-    path, or ``None`` when ``history`` has no mean norms to plot.
+    Drawn and written with :mod:`hub_cutinit.plotting` (Agg canvas, no pyplot, atomic).
+    Returns the path, or ``None`` when ``history`` has no mean norms to plot.
     """
     series: dict[str, list[tuple[float, float]]] = {}
     for i, entry in enumerate(history):
@@ -136,12 +128,10 @@ def plot_norm_history(
                 series.setdefault(name, []).append((float(x), float(mean)))
     if not series:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from hub_cutinit.plotting import new_figure, save_figure
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, axes = new_figure(figsize=(6.4, 4.0), dpi=100)
+    ax = axes[0][0]
     for name, points in series.items():
         xs = [x for x, _ in sorted(points)]
         ys = [y for _, y in sorted(points)]
@@ -155,10 +145,46 @@ def plot_norm_history(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    return write_bytes_atomic(path, buffer.getvalue())
+    return save_figure(fig, path, dpi=100)
+
+
+def _schedule_rows(
+    training: Mapping[str, Any], hparams: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """Optimiser, learning rate, schedule and EMA rows, from the run record.
+
+    Format 1 saves kept the method's defaults in ``hparams``; they are used only when the
+    run record (``training``) lacks the key.
+    """
+    rows: list[tuple[str, str]] = []
+    optimizer = training.get("optimizer", hparams.get("optimizer"))
+    if optimizer is not None:
+        nesterov = training.get("nesterov")
+        suffix = {True: " (Nesterov)", False: " (no Nesterov)"}.get(nesterov, "")
+        rows.append(("optimizer", f"{optimizer}{suffix}"))
+    if training.get("lr") is not None:
+        rows.append(("peak learning rate", format_number(training["lr"])))
+    base_lr = training.get("base_lr", hparams.get("base_lr"))
+    if base_lr is not None:
+        rows.append(("learning rate per 256 images", format_number(base_lr)))
+    if training.get("warmup_steps") is not None:
+        rows.append(("warm-up steps", format_number(training["warmup_steps"])))
+    if training.get("cosine_steps") is not None:
+        rows.append(("cosine horizon (steps)", format_number(training["cosine_steps"])))
+    if (training.get("normalized_lr_scale") or 1) != 1:
+        rows.append(
+            ("lr × on BN-normalised weights", format_number(training["normalized_lr_scale"]))
+        )
+    momentum = training.get("ema_momentum", hparams.get("momentum"))
+    if momentum is not None:
+        schedule = training.get("ema_schedule") or hparams.get("momentum_schedule")
+        rows.append(
+            (
+                "teacher EMA momentum",
+                format_number(momentum) + (f" ({schedule})" if schedule else ""),
+            )
+        )
+    return rows
 
 
 def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
@@ -179,7 +205,7 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     rows: list[tuple[str, str]] = [
         (
             "method",
-            f"{_METHOD_NAMES.get(method, method)} (`{method}`, {block.get('family') or '?'})",
+            f"{get_display_name(method)} (`{method}`, {block.get('family') or '?'})",
         ),
         ("backbone", f"`{architecture}` ({config.get('num_features')} features)"),
         ("cut-initialisation c", c),
@@ -187,14 +213,9 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     ]
     if hparams.get("cut_scope") not in (None, "all"):
         rows.append(("cut scope", f"`{hparams['cut_scope']}`"))
-    for key, label in (
-        ("optimizer", "optimizer"),
-        ("base_lr", "base learning rate"),
-        ("temperature", "temperature τ"),
-        ("momentum", "teacher EMA momentum"),
-    ):
-        if hparams.get(key) is not None:
-            rows.append((label, format_number(hparams[key])))
+    rows.extend(_schedule_rows(training, hparams))
+    if hparams.get("temperature") is not None:
+        rows.append(("temperature τ", format_number(hparams["temperature"])))
     if hparams.get("grad_scale_power"):
         rows.append(("GradScale power p", format_number(hparams["grad_scale_power"])))
     if dataset_text:
@@ -273,7 +294,7 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "model_name": model_name,
         "repo_id": repo_id or _PLACEHOLDER_REPO.format(name=model_name),
         "method": method,
-        "method_display": _METHOD_NAMES.get(method, method),
+        "method_display": get_display_name(method),
         "family": block.get("family") or "?",
         "architecture": architecture,
         "num_features": config.get("num_features"),
@@ -306,7 +327,7 @@ def build_card(
     dataset_label = Path(str(training.get("dataset") or "custom")).name
     eval_results = []
     for key, name in (
-        ("knn_accuracy", "kNN accuracy (k=200)"),
+        ("knn_accuracy", f"kNN accuracy (k={evaluation.get('knn_k', 200)})"),
         ("linear_probe_accuracy", "linear probe accuracy"),
     ):
         value = evaluation.get(key)

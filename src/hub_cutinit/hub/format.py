@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+# The package's one atomic writer (fsync, umask permissions, rename), re-exported for the hub.
+from hub_cutinit.atomic import write_bytes_atomic, write_text_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -158,26 +160,3 @@ def check_block(block: Mapping[str, Any]) -> dict[str, Any]:
             stacklevel=3,
         )
     return dict(block)
-
-
-def _temp_sibling(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    tmp = _temp_sibling(path)
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` atomically (see :func:`write_bytes_atomic`)."""
-    return write_bytes_atomic(path, text.encode("utf-8"))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from hub_cutinit.atomic import atomic_path, write_text_atomic
 from hub_cutinit.hub.format import (
     BACKBONE_WEIGHTS_NAME,
     BLOCK_KEY,
@@ -243,7 +244,7 @@ def _versions() -> dict[str, str]:
     import timm
 
     try:
-        from hub_cutinit import __version__ as ours
+        from hub_cutinit._version import __version__ as ours
     except ImportError:  # pragma: no cover - partial installs
         ours = "unknown"
     return {
@@ -254,13 +255,21 @@ def _versions() -> dict[str, str]:
     }
 
 
+#: Method defaults that are training hyper-parameters, not part of the model: a run's resolved
+#: values live in the ``training`` block (the run record), so ``hparams`` leaves them out.
+TRAINING_HPARAMS = ("c", "weight_decay", "optimizer", "base_lr", "sgd_momentum", "nesterov")
+
+
 def _build_block(ssl_model: SSLModel, training_info: Mapping[str, Any]) -> dict[str, Any]:
     info = dict(training_info)
     hparams = to_jsonable(dict(getattr(ssl_model, "hparams", {}) or {}))
+    default_weight_decay = hparams.get("weight_decay")  # without a run record: the method's
+    for key in TRAINING_HPARAMS:
+        hparams.pop(key, None)
     c = float(getattr(ssl_model, "cut_init_c", None) or 1.0)
     config = to_jsonable(ssl_model.get_config())
     config["c"] = c
-    weight_decay = info.pop("weight_decay", hparams.get("weight_decay"))
+    weight_decay = info.pop("weight_decay", default_weight_decay)
     license = info.pop("license", None) or _DEFAULT_LICENSE
     model_name = info.pop("model_name", None)
     info.pop("data_config", None)
@@ -450,10 +459,13 @@ def save_pretrained(
     tmp.mkdir()
     try:
         text = json.dumps(config, indent=2, allow_nan=False)
-        (tmp / CONFIG_NAME).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(tmp / CONFIG_NAME, text + "\n")
         _check_config_rebuilds(tmp, backbone)
-        save_file(backbone_sd, str(tmp / BACKBONE_WEIGHTS_NAME), metadata=meta)
-        save_file(heads_sd, str(tmp / HEADS_WEIGHTS_NAME), metadata=heads_meta)
+        # atomic_path gives safetensors' 0600 files the umask's permissions (0644 under 022)
+        with atomic_path(tmp / BACKBONE_WEIGHTS_NAME) as path:
+            save_file(backbone_sd, str(path), metadata=meta)
+        with atomic_path(tmp / HEADS_WEIGHTS_NAME) as path:
+            save_file(heads_sd, str(path), metadata=heads_meta)
         render_model_card(tmp)
         _install(tmp, out_dir)
     finally:
@@ -529,14 +541,15 @@ def load_ssl_model(
     import timm
     from safetensors.torch import load_file
 
-    from hub_cutinit.registry import create_ssl_model
+    from hub_cutinit.factory import create_ssl_model
 
     directory = resolve_model_dir(path_or_id, revision=revision, token=token, cache_dir=cache_dir)
     config = read_config(directory)
     block = check_block(config[BLOCK_KEY])
     saved = block.get("config") or {}
     overrides = dict(saved.get("overrides") or {})
-    overrides.pop("c", None)
+    for key in (*TRAINING_HPARAMS, "warmup_fraction"):  # format 1 kept some of these
+        overrides.pop(key, None)
     c = float(block["c"])
 
     for name in (BACKBONE_WEIGHTS_NAME, HEADS_WEIGHTS_NAME):

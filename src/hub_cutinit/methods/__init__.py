@@ -1,6 +1,10 @@
-"""One module per SSL method; importing this package registers them all."""
+"""One module per SSL method; importing this package registers them all.
+
+A method of your own subclasses :class:`SSLModel` and is decorated with
+:func:`hub_cutinit.register_method`, exactly as the built-ins are.
+"""
 
 from hub_cutinit.methods import byol, dino, moco, simclr
-from hub_cutinit.methods.base import SSLModel, SSLOutput
+from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput, ViewSpec
 
-__all__ = ["SSLModel", "SSLOutput", "byol", "dino", "moco", "simclr"]
+__all__ = ["COMMON_DEFAULTS", "SSLModel", "SSLOutput", "ViewSpec", "byol", "dino", "moco", "simclr"]

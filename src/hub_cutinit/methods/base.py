@@ -17,14 +17,78 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-__all__ = ["SSLModel", "SSLOutput", "cosine_momentum"]
+__all__ = [
+    "COMMON_DEFAULTS",
+    "MOMENTUM_SCHEDULES",
+    "SSLModel",
+    "SSLOutput",
+    "ViewSpec",
+    "cosine_momentum",
+]
+
+#: Hyper-parameters every method accepts (methods add their own in ``defaults``).
+COMMON_DEFAULTS: dict[str, Any] = {
+    "grad_scale_power": 0.0,  # GradScale p (extended paper); 0 = standard training
+    "cut_scope": "all",  # scope passed to cut_init
+    "num_global_views": 2,
+    "num_local_views": 0,
+    "backbone_kwargs": {},  # extra keyword arguments for timm.create_model
+    "momentum": None,  # EMA momentum of the teacher (momentum methods only)
+    "sgd_momentum": 0.9,
+    "nesterov": True,  # SGD/LARS Nesterov momentum (PAPER §9: on for BYOL and SimSiam)
+}
+
+#: Values of the ``momentum_schedule`` hyper-parameter of methods with an EMA teacher:
+#: ``"cosine"`` raises the momentum from ``momentum`` to 1 (BYOL's and DINO's schedule),
+#: ``"constant"`` keeps it at ``momentum`` (MoCo v2; the paper's BYOL runs use 0.99).
+MOMENTUM_SCHEDULES: tuple[str, ...] = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """The views one method trains on, as :func:`hub_cutinit.data.make_view_transform` builds.
+
+    Attributes:
+        num_global: global views per image (all of one shape).
+        num_local: local views per image; ``0`` means the method takes no local crops.
+        global_scale: ``RandomResizedCrop`` area range of the global views.
+        local_scale: area range of the local views.
+        local_size_fraction: side of a local view as a fraction of the image size (DINO's 96 px
+            at 224 px is 3/7); rounded to a multiple of 8, at least 16.
+
+    Example:
+        >>> from hub_cutinit.methods.dino import DINO
+        >>> DINO.view_spec({"num_local_views": 2})
+        ViewSpec(num_global=2, num_local=2, global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), local_size_fraction=0.42857142857142855)
+    """
+
+    num_global: int = 2
+    num_local: int = 0
+    global_scale: tuple[float, float] = (0.2, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    local_size_fraction: float = 3 / 7
+
+    def __post_init__(self) -> None:
+        if self.num_global < 1 or self.num_local < 0:
+            raise ValueError(
+                f"a view spec needs num_global >= 1 and num_local >= 0, got {self.num_global} "
+                f"and {self.num_local}; check num_global_views / num_local_views."
+            )
+        for name in ("global_scale", "local_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(low, high)}.")
+        if not 0 < self.local_size_fraction <= 1:
+            raise ValueError(
+                f"local_size_fraction must be in (0, 1], got {self.local_size_fraction}."
+            )
 
 
 @dataclass
@@ -62,15 +126,21 @@ class SSLModel(nn.Module):
 
     Attributes:
         name: the registry name (``"byol"``).
+        display_name: the name people write (``"BYOL"``), for model cards and the CLI.
         family: ``"contrastive"`` or ``"non-contrastive"``.
         defaults: the method's default hyper-parameters (a plain, JSON-serialisable dict).
+        presets: named overrides of ``defaults``: ``"paper"`` (``{}``), ``"cpu"`` (heads small
+            enough for CPU sweeps), ``"tiny"`` (test-size heads); read them with
+            :func:`hub_cutinit.registry.get_preset`.
         teacher_parts: attribute names copied into the momentum teacher (empty: no teacher).
         head_names: attribute names of the SSL heads (the cut scopes "heads" and "last").
     """
 
     name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
     teacher_parts: ClassVar[tuple[str, ...]] = ()
     head_names: ClassVar[tuple[str, ...]] = ()
     #: The momentum teacher is not cut directly: it is re-copied from the cut student.
@@ -90,6 +160,7 @@ class SSLModel(nn.Module):
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.hparams = dict(hparams)
+        self.validate_hparams()
         self.build_heads(num_features)
         self.teacher: nn.ModuleDict | None = None
         if self.teacher_parts:
@@ -107,6 +178,33 @@ class SSLModel(nn.Module):
     def cut_factor(self) -> float:
         """The cut factor applied (1.0 when never cut)."""
         return float(getattr(self, "cut_init_c", None) or 1.0)
+
+    @classmethod
+    def view_spec(cls, hparams: Mapping[str, Any] | None = None) -> ViewSpec:
+        """The views this method trains on, from ``hparams`` over the class defaults.
+
+        The default: ``num_global_views`` global views with crop scale (0.2, 1) and
+        ``num_local_views`` local views. Override it to change crop scales or sizes.
+        """
+        hp = {**cls.defaults, **(hparams or {})}
+        return ViewSpec(
+            num_global=int(hp.get("num_global_views", 2)),
+            num_local=int(hp.get("num_local_views", 0) or 0),
+        )
+
+    def validate_hparams(self) -> None:
+        """Check ``self.hparams`` before the heads are built; raise ``ValueError`` naming the fix."""
+        if not self.teacher_parts:
+            return
+        schedule = self.hparams.get("momentum_schedule", "cosine")
+        if schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(
+                f"momentum_schedule must be one of {list(MOMENTUM_SCHEDULES)}, got {schedule!r}; "
+                "'cosine' raises the EMA momentum to 1, 'constant' keeps it fixed."
+            )
+        momentum = self.hparams.get("momentum")
+        if not isinstance(momentum, (int, float)) or not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"{self.name} needs an EMA momentum in [0, 1], got {momentum!r}.")
 
     # -- to implement -----------------------------------------------------------------------
     def build_heads(self, num_features: int) -> None:
@@ -165,19 +263,77 @@ class SSLModel(nn.Module):
             student.extend(getattr(self, part).parameters())
         return teacher, student
 
-    @torch.no_grad()
-    def update_teacher(self, progress: float) -> float | None:
-        """EMA update of the teacher; ``progress`` in [0, 1] sets the cosine momentum schedule.
+    def momentum_at(self, progress: float) -> float | None:
+        """The EMA momentum at ``progress`` in [0, 1] (``None`` without a teacher).
 
-        Returns the momentum used, or ``None`` for methods without a teacher. Call it only when
-        gradients were synchronised (after an optimiser step).
+        Example:
+            >>> from hub_cutinit import create_ssl_model
+            >>> from hub_cutinit.registry import get_preset
+            >>> m = create_ssl_model("byol", "resnet18", momentum_schedule="constant",
+            ...                      **get_preset("byol", "tiny"))
+            >>> m.momentum_at(0.0), m.momentum_at(1.0)
+            (0.99, 0.99)
         """
         if self.teacher is None:
             return None
-        momentum = cosine_momentum(float(self.hparams["momentum"]), progress)
+        base = float(self.hparams["momentum"])
+        if self.hparams.get("momentum_schedule", "cosine") == "constant":
+            return base
+        return cosine_momentum(base, progress)
+
+    @torch.no_grad()
+    def update_teacher(self, progress: float) -> float | None:
+        """EMA update of the teacher with the momentum at ``progress`` in [0, 1].
+
+        Returns the momentum used, or ``None`` for methods without a teacher. Call it only when
+        gradients were synchronised (after an optimiser step). :meth:`on_step_end` calls it.
+        """
+        momentum = self.momentum_at(progress)
+        if momentum is None:
+            return None
         teacher, student = self._teacher_pairs()
         torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - momentum)
         return momentum
+
+    def on_step_end(self, progress: float) -> dict[str, float]:
+        """The method's work after every optimiser step; returns values worth logging.
+
+        ``progress`` is ``step / total_steps`` in [0, 1]. The default updates the EMA teacher
+        (if any) and returns ``{"ema_momentum": m}``; subclasses add their own schedules with
+        ``{**super().on_step_end(progress), ...}``.
+        """
+        momentum = self.update_teacher(progress)
+        return {} if momentum is None else {"ema_momentum": float(momentum)}
+
+    def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The student's embeddings of one image batch, without a loss and without side effects.
+
+        Returns ``{"backbone", "projection"}`` and ``"prediction"`` for methods with a
+        predictor: the same raw embeddings :class:`SSLOutput` carries. The MoCo queue, the DINO
+        centre and the teacher are left alone; BatchNorm follows the module's train/eval mode
+        (wrap the call in ``torch.no_grad()`` when only monitoring). The default uses the
+        ``projector`` and ``predictor`` attributes; methods with other heads override it.
+
+        Example:
+            >>> import torch
+            >>> from hub_cutinit import create_ssl_model
+            >>> from hub_cutinit.registry import get_preset
+            >>> m = create_ssl_model("simsiam", "resnet18", **get_preset("simsiam", "tiny"))
+            >>> {k: tuple(v.shape) for k, v in m.eval().embed(torch.randn(2, 3, 32, 32)).items()}
+            {'backbone': (2, 512), 'projection': (2, 16), 'prediction': (2, 16)}
+        """
+        out = {"backbone": self.backbone(images)}
+        projector = getattr(self, "projector", None)
+        if projector is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no `projector`; override embed() to return its "
+                "embeddings."
+            )
+        out["projection"] = projector(out["backbone"])
+        predictor = getattr(self, "predictor", None)
+        if predictor is not None:
+            out["prediction"] = predictor(out["projection"])
+        return out
 
     def _split_views(
         self, views: Sequence[torch.Tensor] | torch.Tensor

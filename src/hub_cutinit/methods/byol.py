@@ -20,8 +20,8 @@ import torch
 
 from hub_cutinit.heads import MLPHead
 from hub_cutinit.losses import symmetric_negative_cosine
-from hub_cutinit.methods.base import SSLModel, SSLOutput
-from hub_cutinit.registry import COMMON_DEFAULTS, register_method
+from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
+from hub_cutinit.registry import register_method
 
 _PREDICTIVE_DEFAULTS = {
     **COMMON_DEFAULTS,
@@ -34,10 +34,16 @@ _PREDICTIVE_DEFAULTS = {
     "pred_hidden_dim": 512,
     "head_batch_norm": True,
 }
+_PREDICTIVE_PRESETS = {
+    "paper": {},
+    "cpu": {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 256},
+    "tiny": {"proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
+}
 
 
 class _PredictiveMethod(SSLModel):
     family = "non-contrastive"
+    presets = _PREDICTIVE_PRESETS
     head_names = ("projector", "predictor")
 
     def build_heads(self, num_features: int) -> None:
@@ -68,10 +74,14 @@ class _PredictiveMethod(SSLModel):
 
 @register_method
 class BYOL(_PredictiveMethod):
-    """BYOL: targets from an EMA teacher (backbone + projector), momentum 0.99 → 1."""
+    """BYOL: targets from an EMA teacher (backbone + projector), momentum 0.99 → 1.
+
+    ``momentum_schedule="constant"`` keeps the momentum at 0.99, as the paper's runs do.
+    """
 
     name = "byol"
-    defaults = {**_PREDICTIVE_DEFAULTS, "momentum": 0.99}
+    display_name = "BYOL"
+    defaults = {**_PREDICTIVE_DEFAULTS, "momentum": 0.99, "momentum_schedule": "cosine"}
     teacher_parts = ("backbone", "projector")
 
     @torch.no_grad()
@@ -85,6 +95,7 @@ class SimSiam(_PredictiveMethod):
     """SimSiam: targets are the student's own projections under stop-gradient."""
 
     name = "simsiam"
+    display_name = "SimSiam"
     defaults = dict(_PREDICTIVE_DEFAULTS)
 
     def targets(self, views: torch.Tensor, student_projection: torch.Tensor) -> torch.Tensor:

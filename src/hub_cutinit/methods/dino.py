@@ -22,12 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from hub_cutinit.heads import DINOHead
 from hub_cutinit.losses import DINOLoss
-from hub_cutinit.methods.base import SSLModel, SSLOutput
-from hub_cutinit.registry import COMMON_DEFAULTS, register_method
+from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput, ViewSpec
+from hub_cutinit.registry import register_method
 
 
 @register_method
@@ -35,6 +39,7 @@ class DINO(SSLModel):
     """DINO with a 3-layer GELU head, bottleneck 256 and 65536 weight-normalised prototypes."""
 
     name = "dino"
+    display_name = "DINO"
     family = "non-contrastive"
     defaults = {
         **COMMON_DEFAULTS,
@@ -47,11 +52,22 @@ class DINO(SSLModel):
         "head_out_dim": 65536,
         "head_batch_norm": False,
         "momentum": 0.996,
+        "momentum_schedule": "cosine",
         "teacher_temp": 0.04,
         "warmup_teacher_temp": 0.04,
         "student_temp": 0.1,
         "center_momentum": 0.9,
         "num_local_views": 6,
+    }
+    presets = {
+        "paper": {},
+        "cpu": {"head_out_dim": 4096, "head_hidden_dim": 1024, "num_local_views": 2},
+        "tiny": {
+            "head_out_dim": 32,
+            "head_hidden_dim": 16,
+            "head_bottleneck_dim": 8,
+            "num_local_views": 2,
+        },
     }
     head_names = ("head",)
     teacher_parts = ("backbone", "head")
@@ -72,6 +88,16 @@ class DINO(SSLModel):
             student_temp=hp["student_temp"],
             center_momentum=hp["center_momentum"],
         )
+
+    @classmethod
+    def view_spec(cls, hparams: Mapping[str, Any] | None = None) -> ViewSpec:
+        """Multi-crop: global crops of scale (0.4, 1), local crops of scale (0.05, 0.4)."""
+        return dataclasses.replace(super().view_spec(hparams), global_scale=(0.4, 1.0))
+
+    def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone features and the head's bottleneck (the ``"projection"``), no prototypes."""
+        feats = self.backbone(images)
+        return {"backbone": feats, "projection": self.head.bottleneck(feats)}
 
     def _student(
         self, views: list[torch.Tensor]
@@ -101,3 +127,8 @@ class DINO(SSLModel):
         """EMA update of the teacher; also advances the teacher-temperature warm-up."""
         self.criterion.progress = float(progress)
         return super().update_teacher(progress)
+
+    def on_step_end(self, progress: float) -> dict[str, float]:
+        """The EMA update and the teacher-temperature schedule; logs both."""
+        logs = super().on_step_end(progress)  # calls update_teacher, which sets the progress
+        return {**logs, "teacher_temp": float(self.criterion.current_teacher_temp())}

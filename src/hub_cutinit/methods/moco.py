@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from hub_cutinit.distributed import gather_no_grad
 from hub_cutinit.heads import MLPHead
 from hub_cutinit.losses import moco_infonce
-from hub_cutinit.methods.base import SSLModel, SSLOutput
-from hub_cutinit.registry import COMMON_DEFAULTS, register_method
+from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
+from hub_cutinit.registry import register_method
 
 
 @register_method
@@ -29,19 +29,27 @@ class MoCo(SSLModel):
     """MoCo v2: projector ``Linear(D→2048) → ReLU → Linear(2048→128)``, τ = 0.2, queue."""
 
     name = "moco"
+    display_name = "MoCo"
     family = "contrastive"
     defaults = {
         **COMMON_DEFAULTS,
         "c": 3.0,
         "weight_decay": 5e-4,
         "optimizer": "sgd",
+        "nesterov": False,  # the paper's SimCLR and MoCo v2 use plain momentum
         "base_lr": 0.06,
         "temperature": 0.2,
         "proj_hidden_dim": 2048,
         "proj_dim": 128,
         "head_batch_norm": False,
         "momentum": 0.99,
+        "momentum_schedule": "cosine",
         "queue_size": 4096,
+    }
+    presets = {
+        "paper": {},
+        "cpu": {"proj_hidden_dim": 512, "queue_size": 1024},
+        "tiny": {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 32},
     }
     head_names = ("projector",)
     teacher_parts = ("backbone", "projector")

@@ -14,8 +14,8 @@ import torch
 
 from hub_cutinit.heads import MLPHead
 from hub_cutinit.losses import NTXentLoss
-from hub_cutinit.methods.base import SSLModel, SSLOutput
-from hub_cutinit.registry import COMMON_DEFAULTS, register_method
+from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
+from hub_cutinit.registry import register_method
 
 
 @register_method
@@ -23,17 +23,24 @@ class SimCLR(SSLModel):
     """SimCLR with the paper's CIFAR head ``Linear(D→128) → ReLU → Linear(128→128)``, no BN."""
 
     name = "simclr"
+    display_name = "SimCLR"
     family = "contrastive"
     defaults = {
         **COMMON_DEFAULTS,
         "c": 3.0,
         "weight_decay": 1e-6,
         "optimizer": "sgd",
+        "nesterov": False,  # the paper's SimCLR and MoCo v2 use plain momentum
         "base_lr": 0.3,
         "temperature": 0.5,
         "proj_hidden_dim": 128,
         "proj_dim": 128,
         "head_batch_norm": False,
+    }
+    presets = {
+        "paper": {},
+        "cpu": {},  # the paper's CIFAR head is already small
+        "tiny": {"proj_hidden_dim": 32, "proj_dim": 16},
     }
     head_names = ("projector",)
 

@@ -9,10 +9,15 @@ Example::
 from hub_cutinit.training.checkpoint import latest_checkpoint
 from hub_cutinit.training.config import TrainConfig, build_parser, parse_args
 from hub_cutinit.training.loop import NonFiniteLossError, main, train
+from hub_cutinit.training.record import RunRecord, TrainerState
+from hub_cutinit.training.trainer import Trainer
 
 __all__ = [
     "NonFiniteLossError",
+    "RunRecord",
     "TrainConfig",
+    "Trainer",
+    "TrainerState",
     "build_parser",
     "latest_checkpoint",
     "main",

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from hub_cutinit.atomic import apply_umask, write_json_atomic
+
 __all__ = ["latest_checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINTS"]
 
 CHECKPOINTS = "checkpoints"
@@ -73,13 +75,10 @@ def save_checkpoint(
     torch.save(loader_state, tmp / f"loader_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state_path = tmp / STATE_FILE
-        with open(state_path, "w") as f:
-            json.dump({**trainer_state, "step": step}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step}, default=None)
         if final.exists():
             shutil.rmtree(final)
+        apply_umask(tmp)  # accelerate writes its files 0600: make them a normal file's mode
         os.replace(tmp, final)
         _fsync_dir(root)
         complete = sorted(p for p in root.iterdir() if _NAME.match(p.name))

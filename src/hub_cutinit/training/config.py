@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub_cutinit.cli_args import parse_set
 from hub_cutinit.registry import get_method_defaults, list_methods
 
 __all__ = ["TrainConfig", "build_parser", "parse_args"]
@@ -60,6 +60,13 @@ class TrainConfig:
     hub_private: bool = False
     grad_scale_power: float | None = None
     num_examples: int | None = None
+    warmup_epochs: float | None = None
+    cosine_epochs: float | None = None
+    nesterov: bool | None = None
+    ema_schedule: str | None = None
+    normalized_lr_scale: float = 1.0
+    convergence_monitor: bool = True
+    eval_every_epochs: int = 1
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,7 +94,7 @@ class TrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be a positive integer, got {value!r}."
                 )
-        for name in ("eval_every", "checkpoint_every", "num_workers"):
+        for name in ("eval_every", "eval_every_epochs", "checkpoint_every", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}."
@@ -116,11 +123,54 @@ class TrainConfig:
             )
         if self.optimizer is not None and self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"--optimizer must be sgd, lars or adamw, got {self.optimizer!r}.")
+        self._check_schedule()
         defaults = get_method_defaults(self.method)
+        if self.ema_schedule is not None:
+            if self.ema_schedule not in ("cosine", "constant"):
+                raise ValueError(
+                    f"--ema-schedule must be cosine or constant, got {self.ema_schedule!r}."
+                )
+            if defaults.get("momentum") is None:
+                raise ValueError(
+                    f"--ema-schedule: {self.method} has no EMA teacher; drop the flag."
+                )
         unknown = sorted(set(self.overrides) - set(defaults) - {"family"})
         if unknown:
             raise ValueError(
                 f"Unknown --set key(s) {unknown} for {self.method}; valid: {sorted(defaults)}."
+            )
+
+    def _check_schedule(self) -> None:
+        for name in ("warmup_epochs", "cosine_epochs"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be a finite number >= 0, got {value!r}."
+                )
+        if self.cosine_epochs is not None and self.cosine_epochs <= 0:
+            raise ValueError(f"--cosine-epochs must be > 0, got {self.cosine_epochs!r}.")
+        if (
+            self.warmup_epochs is not None
+            and self.cosine_epochs is not None
+            and self.warmup_epochs >= self.cosine_epochs
+        ):
+            raise ValueError(
+                f"--warmup-epochs ({self.warmup_epochs:g}) must be shorter than --cosine-epochs "
+                f"({self.cosine_epochs:g}); lower the warm-up or lengthen the schedule."
+            )
+        if (
+            self.cosine_epochs is not None
+            and self.max_steps is None
+            and self.cosine_epochs < self.epochs
+        ):
+            raise ValueError(
+                f"--cosine-epochs ({self.cosine_epochs:g}) is shorter than the run (--epochs "
+                f"{self.epochs}); the horizon must cover the run: raise --cosine-epochs or lower "
+                "--epochs."
+            )
+        if not math.isfinite(self.normalized_lr_scale) or self.normalized_lr_scale <= 0:
+            raise ValueError(
+                f"--normalized-lr-scale must be a finite number > 0, got {self.normalized_lr_scale!r}."
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,27 +182,30 @@ class TrainConfig:
         overrides = dict(self.overrides)
         if self.grad_scale_power is not None:
             overrides["grad_scale_power"] = self.grad_scale_power
+        if self.ema_schedule is not None:
+            overrides["momentum_schedule"] = self.ema_schedule
         return overrides
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. --set proj_dim=256), got {item!r}.")
-        try:
-            overrides[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key] = raw
-    return overrides
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it says something (not None, not a switch's own value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, argparse.SUPPRESS):
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        if action.default == [] or isinstance(action, argparse.BooleanOptionalAction):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     """The flags every recipe shares; ``method=None`` adds a ``--method`` flag."""
     p = argparse.ArgumentParser(
         description=f"Train {method or 'an SSL method'} with cut-initialisation (hub_cutinit).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     if method is None:
         p.add_argument("--method", required=True, choices=list_methods())
@@ -186,7 +239,50 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="peak learning rate (default: the method's base_lr × global batch / 256)",
     )
-    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], default=None)
+    p.add_argument(
+        "--optimizer", choices=["sgd", "lars", "adamw"], default=None, help="default: the method's"
+    )
+    p.add_argument(
+        "--nesterov",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Nesterov momentum for sgd/lars (default: the method's; the paper: off for SimCLR "
+        "and MoCo, on for BYOL and SimSiam)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="linear lr warm-up (default: min(10 epochs, a tenth of the cosine horizon); the "
+        "paper warms up for 10)",
+    )
+    p.add_argument(
+        "--cosine-epochs",
+        type=float,
+        default=None,
+        help="horizon of the cosine decay (default: the run length); e.g. --epochs 20 "
+        "--cosine-epochs 500 runs the first 20 epochs of the paper's 500-epoch schedule",
+    )
+    p.add_argument(
+        "--ema-schedule",
+        choices=["cosine", "constant"],
+        default=None,
+        help="teacher EMA momentum: cosine ramp to 1 or constant (the paper's BYOL); "
+        "default: the method's",
+    )
+    p.add_argument(
+        "--normalized-lr-scale",
+        type=float,
+        default=1.0,
+        help="multiply the lr (and divide λ) of the weights that BatchNorm normalises: "
+        "with --c 1 and c² this is the learning-rate control of cut-init (PAPER §9)",
+    )
+    p.add_argument(
+        "--no-convergence-monitor",
+        dest="convergence_monitor",
+        action="store_false",
+        help="skip the angle-per-step monitor (two probe forwards every --log-every steps)",
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument(
         "--max-steps", type=int, default=None, help="stop after this many optimiser steps"
@@ -200,6 +296,12 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--eval-every", type=int, default=0, help="kNN monitor every N steps (0: each epoch end)"
+    )
+    p.add_argument(
+        "--eval-every-epochs",
+        type=int,
+        default=1,
+        help="with --eval-every 0: kNN monitor at the end of every N-th epoch (and the last step)",
     )
     p.add_argument(
         "--eval-max-samples", type=int, default=None, help="cap on train/test images for kNN"
@@ -249,7 +351,7 @@ def parse_args(method: str | None, argv: Sequence[str] | None = None) -> TrainCo
     args = parser.parse_args(argv)
     values = vars(args)
     try:
-        overrides = _parse_set(values.pop("set"))
+        overrides = parse_set(values.pop("set"), method=values.get("method") or method)
         if values["eval_split"] in ("none", ""):
             values["eval_split"] = None
         return TrainConfig(method=values.pop("method", method), overrides=overrides, **values)

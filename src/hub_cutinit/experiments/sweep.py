@@ -4,13 +4,11 @@ One sweep trains every combination of ``methods × cs × weight_decays × grad_s
 seeds`` with :func:`hub_cutinit.training.train` under one budget, then writes
 
 - ``sweep.csv``: one row per (method, c, λ, p, seed, epoch) with the kNN accuracy and the mean
-  embedding norms (backbone, projection, prediction). Epoch 0 is the model at initialisation:
-  its kNN accuracy is the random-init baseline of that run, its norms come from one training
-  batch through the freshly cut model (train-mode BatchNorm). Later epochs: kNN at the end of
-  the epoch, norms averaged over the epoch's training batches (augmented views, train mode);
+  embedding norms (backbone, projection, prediction); see
+  :func:`hub_cutinit.experiments.tables.epoch_rows`;
 - ``curves.png``: kNN accuracy and mean norms against epoch, one line per c (and λ, p when
   those vary): the mean over seeds, with a band from the lowest to the highest seed; one
-  panel row per method;
+  panel row per method (:func:`hub_cutinit.experiments.plots.plot_curves`);
 - ``summary.md``: final kNN mean ± std over seeds per method × c (× λ × p), final mean norms,
   and the baselines of PAPER §8 (same backbone at random init, raw pixels);
 - with several λ: ``weight_decay.png`` (final mean norm against λ per method) and
@@ -25,7 +23,7 @@ shared (e.g. the λ = 5e-4, c = 1 runs of a cut sweep and of a weight-decay swee
 
 Example (a tiny sweep; ``recipes/cut_sweep.py`` is the command-line front end)::
 
-    from hub_cutinit.sweep import SweepConfig, run_sweep
+    from hub_cutinit.experiments.sweep import SweepConfig, run_sweep
     cfg = SweepConfig(methods=["simclr"], cs=[1, 3], seeds=[0], epochs=1,
                       max_train_examples=64, batch_size=16, eval_max_samples=64, knn_k=10,
                       backbone="test_resnet", runs_dir="/tmp/sweep/runs", out_dir="/tmp/sweep")
@@ -35,7 +33,6 @@ Example (a tiny sweep; ``recipes/cut_sweep.py`` is the command-line front end)::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -45,67 +42,45 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub_cutinit.plotting import save_figure
+from hub_cutinit.atomic import write_json_atomic, write_text_atomic
+from hub_cutinit.cli_args import ALL_METHODS, parse_set
+from hub_cutinit.experiments.plots import plot_curves, plot_weight_decay
+from hub_cutinit.experiments.tables import (
+    epoch_rows,
+    summarise,
+    summary_markdown,
+    weight_decay_markdown,
+    write_csv,
+)
+from hub_cutinit.registry import get_method_defaults, get_preset, list_methods
 
 __all__ = [
-    "CPU_HEADS",
-    "EMBEDDINGS",
-    "CSV_COLUMNS",
+    "RESULT_NAME",
     "SweepConfig",
     "RunSpec",
     "sweep_grid",
+    "small_heads",
     "method_overrides",
     "run_dir",
     "train_config",
     "subset_dataset",
+    "initial_norms",
     "run_one",
     "run_sweep",
     "load_results",
-    "epoch_rows",
-    "write_csv",
-    "summarise",
-    "summary_markdown",
-    "weight_decay_markdown",
-    "plot_curves",
-    "plot_weight_decay",
+    "scale_note",
     "write_outputs",
     "build_parser",
     "parse_args",
     "main",
 ]
 
-#: Embeddings whose mean norm is reported (``prediction`` only for BYOL / SimSiam).
-EMBEDDINGS: tuple[str, ...] = ("backbone", "projection", "prediction")
-
-#: Columns of ``sweep.csv``.
-CSV_COLUMNS: tuple[str, ...] = (
-    "method",
-    "c",
-    "weight_decay",
-    "grad_scale_power",
-    "seed",
-    "epoch",
-    "step",
-    "knn_accuracy",
-    "norm_backbone",
-    "norm_projection",
-    "norm_prediction",
-)
-
-#: Smaller heads for CPU runs (``--small-heads``): BYOL / SimSiam 2048-d heads are most of the
-#: step time on a CPU; SimCLR's paper head is already small.
-CPU_HEADS: dict[str, dict[str, Any]] = {
-    "byol": {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 256},
-    "simsiam": {"proj_hidden_dim": 1024, "proj_dim": 256, "pred_hidden_dim": 256},
-    "moco": {"proj_hidden_dim": 512, "queue_size": 1024},
-    "dino": {"head_out_dim": 4096, "head_hidden_dim": 1024, "num_local_views": 2},
-}
-
+#: Written last (atomically) into a run's folder: the run is finished when it exists.
 RESULT_NAME = "result.json"
 
 
@@ -142,8 +117,6 @@ class SweepConfig:
     keep_checkpoints: bool = False
 
     def __post_init__(self) -> None:
-        from hub_cutinit.registry import list_methods
-
         known = list_methods()
         for name, values in (
             ("methods", self.methods),
@@ -178,7 +151,7 @@ class SweepConfig:
                 f"--max-train-examples {self.max_train_examples} is smaller than one batch "
                 f"({self.batch_size}); raise it or lower --batch-size."
             )
-        unknown = sorted(set(self.overrides) - set(known) - {"*"})
+        unknown = sorted(set(self.overrides) - set(known) - {ALL_METHODS})
         if unknown:
             raise ValueError(f"--set names unknown method(s) {unknown}; use METHOD.KEY=VALUE.")
 
@@ -241,19 +214,31 @@ def sweep_grid(cfg: SweepConfig) -> list[RunSpec]:
     ]
 
 
+def small_heads(method: str) -> dict[str, Any]:
+    """The method's ``"cpu"`` preset (:func:`hub_cutinit.registry.get_preset`), or ``{}``
+    (its paper heads) for a method that defines none.
+
+    Example:
+        >>> small_heads("simclr"), sorted(small_heads("byol"))
+        ({}, ['pred_hidden_dim', 'proj_dim', 'proj_hidden_dim'])
+    """
+    try:
+        return get_preset(method, "cpu")
+    except ValueError:  # a registered method without a "cpu" preset
+        return {}
+
+
 def method_overrides(cfg: SweepConfig, method: str) -> dict[str, Any]:
-    """Hyper-parameter overrides for ``method``: ``CPU_HEADS`` (with ``small_heads``), then
-    ``overrides["*"]`` (keys the method has), then ``overrides[method]``.
+    """Hyper-parameter overrides for ``method``: :func:`small_heads` (with ``small_heads``),
+    then ``overrides["*"]`` (keys the method has), then ``overrides[method]``.
 
     Example:
         >>> cfg = SweepConfig(small_heads=True, overrides={"*": {"proj_dim": 64}})
         >>> method_overrides(cfg, "byol")["proj_dim"], method_overrides(cfg, "simclr")
         (64, {'proj_dim': 64})
     """
-    from hub_cutinit.registry import get_method_defaults
-
     defaults = get_method_defaults(method)
-    out: dict[str, Any] = dict(CPU_HEADS.get(method, {})) if cfg.small_heads else {}
+    out: dict[str, Any] = small_heads(method) if cfg.small_heads else {}
     out.update({k: v for k, v in cfg.overrides.get("*", {}).items() if k in defaults})
     own = cfg.overrides.get(method, {})
     bad = sorted(set(own) - set(defaults))
@@ -355,7 +340,7 @@ def initial_norms(train_cfg: Any) -> dict[str, float]:
     from accelerate.utils import set_seed
 
     from hub_cutinit import data as data_lib
-    from hub_cutinit.registry import create_ssl_model
+    from hub_cutinit.factory import create_ssl_model
 
     set_seed(train_cfg.seed)
     model = create_ssl_model(
@@ -376,12 +361,6 @@ def initial_norms(train_cfg: Any) -> dict[str, float]:
     with torch.no_grad():
         out = model(batch["views"])
     return {k: float(v.float().norm(dim=1).mean()) for k, v in out.embeddings.items()}
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_one(
@@ -407,7 +386,7 @@ def run_one(
     }
     if not cfg.keep_checkpoints:
         shutil.rmtree(Path(tcfg.output_dir) / "checkpoints", ignore_errors=True)
-    _write_json_atomic(directory / RESULT_NAME, payload)
+    write_json_atomic(directory / RESULT_NAME, payload, allow_nan=True)
     return payload
 
 
@@ -419,6 +398,16 @@ def load_results(cfg: SweepConfig) -> list[dict[str, Any]]:
         if path.is_file():
             out.append(json.loads(path.read_text()))
     return out
+
+
+def _progress(i: int, total: int, spec: RunSpec, payload: Mapping[str, Any], took: float) -> str:
+    res = payload["result"]
+    knn = res.get("knn_accuracy")
+    return (
+        f"[{i}/{total}] {spec.name}: kNN {'-' if knn is None else f'{knn:.4f}'}, "
+        f"{res.get('steps')} steps in {took:.0f} s "
+        f"({res.get('train_images_per_s', 0):.0f} img/s)"
+    )
 
 
 def run_sweep(
@@ -441,16 +430,9 @@ def run_sweep(
     for i, spec in enumerate(todo, start=1):
         t0 = time.perf_counter()
         payload = run_one(cfg, spec, dataset=dataset, train_fn=train_fn)
+        eta = (time.perf_counter() - started) / i * (len(todo) - i)
         took = time.perf_counter() - t0
-        elapsed = time.perf_counter() - started
-        eta = elapsed / i * (len(todo) - i)
-        res = payload["result"]
-        knn = res.get("knn_accuracy")
-        log(
-            f"[{i}/{len(todo)}] {spec.name}: kNN {'-' if knn is None else f'{knn:.4f}'}, "
-            f"{res.get('steps')} steps in {took:.0f} s "
-            f"({res.get('train_images_per_s', 0):.0f} img/s); ETA {eta / 60:.1f} min"
-        )
+        log(f"{_progress(i, len(todo), spec, payload, took)}; ETA {eta / 60:.1f} min")
     results = load_results(cfg)
     if write:
         for path in write_outputs(cfg, results):
@@ -458,184 +440,9 @@ def run_sweep(
     return results
 
 
-# ------------------------------------------------------------------------------ tabulation
-def _norm_means(record: Mapping[str, Any]) -> dict[str, float]:
-    norms = record.get("norms", record)
-    return {
-        k: float(v["mean"])
-        for k, v in norms.items()
-        if isinstance(v, Mapping) and v.get("mean") is not None and v.get("count", 1)
-    }
-
-
-def _records(history: Any) -> list[dict[str, Any]]:
-    if isinstance(history, Mapping):
-        return list(history.get("records", []))
-    return list(history or [])
-
-
-def epoch_rows(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One run's rows of ``sweep.csv``: epoch 0 (init) then one row per evaluated epoch.
-
-    The epoch is ``step / steps_per_epoch`` (rounded to 2 decimals), so the kNN record of the
-    final evaluation and the last epoch's norms line up even when the training loop's epoch
-    counter has not advanced at the very end.
-    """
-    spec, res = payload["spec"], payload["result"]
-    spe = max(1, int(res.get("steps_per_epoch") or 1))
-    base = {
-        "method": spec["method"],
-        "c": float(res.get("c", spec["c"])),
-        "weight_decay": float(res["weight_decay"]),
-        "grad_scale_power": float(spec["grad_scale_power"]),
-        "seed": int(spec["seed"]),
-    }
-    by_step: dict[int, dict[str, Any]] = {}
-    init = {"knn_accuracy": (res.get("baselines") or {}).get("random_init_knn")}
-    init.update({f"norm_{k}": v for k, v in (payload.get("initial_norms") or {}).items()})
-    by_step[0] = init
-    for rec in res.get("knn", []):
-        by_step.setdefault(int(rec["step"]), {})["knn_accuracy"] = float(rec["knn_accuracy"])
-    for rec in _records(res.get("norm_history")):
-        row = by_step.setdefault(int(rec["step"]), {})
-        row.update({f"norm_{k}": v for k, v in _norm_means(rec).items()})
-    rows = []
-    for step in sorted(by_step):
-        row = {**base, "epoch": round(step / spe, 2), "step": step}
-        for col in CSV_COLUMNS[7:]:
-            value = by_step[step].get(col)
-            row[col] = float("nan") if value is None else float(value)
-        rows.append(row)
-    return rows
-
-
-def write_csv(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write rows with :data:`CSV_COLUMNS` (NaN as an empty cell)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            out = {}
-            for col in CSV_COLUMNS:
-                value = row.get(col)
-                if isinstance(value, float) and math.isnan(value):
-                    value = ""
-                elif isinstance(value, float) and col not in ("c", "weight_decay"):
-                    value = f"{value:.6g}"
-                out[col] = value
-            writer.writerow(out)
-    return path
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan"), 0
-    std = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-    return statistics.fmean(vals), std, len(vals)
-
-
-def _key(payload: Mapping[str, Any]) -> tuple[str, float, float, float]:
-    res, spec = payload["result"], payload["spec"]
-    return (
-        spec["method"],
-        float(res.get("c", spec["c"])),
-        float(res["weight_decay"]),
-        float(spec["grad_scale_power"]),
-    )
-
-
-def summarise(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per (method, c, λ, p): final kNN, final norms and baselines as mean/std over seeds."""
-    groups: dict[tuple[str, float, float, float], list[Mapping[str, Any]]] = {}
-    for payload in results:
-        groups.setdefault(_key(payload), []).append(payload)
-    out = []
-    for (method, c, wd, p), runs in groups.items():
-        res = [r["result"] for r in runs]
-        finals = [_norm_means(r.get("final_norms") or {}) for r in res]
-        row: dict[str, Any] = {
-            "method": method,
-            "c": c,
-            "weight_decay": wd,
-            "grad_scale_power": p,
-            "seeds": sorted(int(r["spec"]["seed"]) for r in runs),
-            "epochs": statistics.fmean(
-                [r["steps"] / max(1, r.get("steps_per_epoch") or 1) for r in res]
-            ),
-            "steps": res[0].get("steps"),
-            "images_per_s": statistics.fmean([r.get("train_images_per_s") or 0 for r in res]),
-            "wall_time_s": sum(r.get("wall_time_s") or 0 for r in res),
-        }
-        row["knn"] = _mean_std([r.get("knn_accuracy") or float("nan") for r in res])
-        for name in EMBEDDINGS:
-            row[f"norm_{name}"] = _mean_std([f.get(name, float("nan")) for f in finals])
-            row[f"init_norm_{name}"] = _mean_std(
-                [(r.get("initial_norms") or {}).get(name, float("nan")) for r in runs]
-            )
-        base = [r.get("baselines") or {} for r in res]
-        row["random_init_knn"] = _mean_std([b.get("random_init_knn", float("nan")) for b in base])
-        row["raw_pixels_knn"] = _mean_std([b.get("raw_pixels_knn", float("nan")) for b in base])
-        out.append(row)
-    out.sort(key=lambda r: (r["method"], r["weight_decay"], r["grad_scale_power"], r["c"]))
-    return out
-
-
-def _pm(stat: tuple[float, float, int], digits: int = 4, pct: bool = False) -> str:
-    mean, std, n = stat
-    if n == 0:
-        return "–"
-    scale = 100.0 if pct else 1.0
-    if pct:
-        text = f"{mean * scale:.1f}"
-        return text + (f" ± {std * scale:.1f}" if n > 1 else "")
-    text = f"{mean:.{digits}g}"
-    return text + (f" ± {std:.2g}" if n > 1 else "")
-
-
-def _varies(summary: Sequence[Mapping[str, Any]], key: str) -> bool:
-    return len({r[key] for r in summary}) > 1
-
-
-def summary_markdown(summary: Sequence[Mapping[str, Any]], cfg: SweepConfig | None = None) -> str:
-    """The markdown table of :func:`summarise` (kNN in %, mean ± std over seeds)."""
-    show_p = _varies(summary, "grad_scale_power")
-    head = ["method", "c", "λ"] + (["p"] if show_p else [])
-    head += [
-        "seeds",
-        "kNN acc. % (final)",
-        "random-init kNN %",
-        "raw-pixel kNN %",
-        "Δ vs random init",
-        "‖backbone‖ init → final",
-        "‖projection‖ init → final",
-        "‖prediction‖ init → final",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summary:
-        delta = r["knn"][0] - r["random_init_knn"][0]
-        cells = [r["method"], f"{r['c']:g}", f"{r['weight_decay']:g}"]
-        cells += [f"{r['grad_scale_power']:g}"] if show_p else []
-        cells += [
-            ",".join(map(str, r["seeds"])),
-            _pm(r["knn"], pct=True),
-            _pm(r["random_init_knn"], pct=True),
-            _pm((r["raw_pixels_knn"][0], float("nan"), min(1, r["raw_pixels_knn"][2])), pct=True),
-            "–" if math.isnan(delta) else f"{delta * 100:+.1f}",
-        ]
-        for name in EMBEDDINGS:
-            final, init = r[f"norm_{name}"], r[f"init_norm_{name}"]
-            cells.append("–" if final[2] == 0 else f"{init[0]:.3g} → {_pm(final, 3)}")
-        lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    if cfg is not None:
-        text += "\n" + _scale_note(cfg, summary) + "\n"
-    return text
-
-
-def _scale_note(cfg: SweepConfig, summary: Sequence[Mapping[str, Any]]) -> str:
+# --------------------------------------------------------------------------------- outputs
+def scale_note(cfg: SweepConfig, summary: Sequence[Mapping[str, Any]]) -> str:
+    """The paragraph under the tables: backbone, data, epochs, heads, kNN protocol, speed."""
     n_train = f"first {cfg.max_train_examples}" if cfg.max_train_examples else "all"
     ev = f"first {cfg.eval_max_samples}" if cfg.eval_max_samples else "all"
     epochs = {round(r["epochs"], 2) for r in summary}
@@ -656,231 +463,46 @@ def _scale_note(cfg: SweepConfig, summary: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def weight_decay_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
-    """Experiment D: final mean norms and kNN per method × λ (× c, p)."""
-    head = ["method", "c", "p", "λ", "seeds", "‖backbone‖", "‖projection‖", "‖prediction‖", "kNN %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ordered = sorted(
-        summary, key=lambda r: (r["method"], r["c"], r["grad_scale_power"], r["weight_decay"])
-    )
-    for r in ordered:
-        cells = [
-            r["method"],
-            f"{r['c']:g}",
-            f"{r['grad_scale_power']:g}",
-            f"{r['weight_decay']:g}",
-            ",".join(map(str, r["seeds"])),
-        ]
-        cells += ["–" if r[f"norm_{n}"][2] == 0 else _pm(r[f"norm_{n}"], 3) for n in EMBEDDINGS]
-        cells.append(_pm(r["knn"], pct=True))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------- plots
-def _variant_label(row: Mapping[str, Any], vary: Sequence[str]) -> str:
-    names = {"c": "c", "weight_decay": "λ", "grad_scale_power": "p"}
-    return ", ".join(f"{names[k]}={row[k]:g}" for k in vary) or f"c={row['c']:g}"
-
-
-def plot_curves(
-    rows: Sequence[Mapping[str, Any]],
-    summary: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-) -> Path:
-    """kNN accuracy and mean norms (backbone, projection, prediction) against epoch; one line
-    (the mean over seeds) per variant (c, λ, p: whichever vary), the band spans the seeds
-    (min to max); one row of panels per method; dashed lines: random-init (mean over runs) and
-    raw-pixel kNN."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = sorted({r["method"] for r in rows})
-    vary = [k for k in ("c", "weight_decay", "grad_scale_power") if len({r[k] for r in rows}) > 1]
-    cols = [
-        ("knn_accuracy", "kNN accuracy"),
-        ("norm_backbone", "mean ‖backbone‖"),
-        ("norm_projection", "mean ‖projection‖"),
-    ]
-    if any(not math.isnan(r["norm_prediction"]) for r in rows):
-        cols.append(("norm_prediction", "mean ‖prediction‖"))
-    fig, axes = plt.subplots(
-        len(methods), len(cols), figsize=(4.2 * len(cols), 3.0 * len(methods)), squeeze=False
-    )
-    cmap = plt.get_cmap("viridis")
-    for i, method in enumerate(methods):
-        mrows = [r for r in rows if r["method"] == method]
-        variants = sorted(
-            {tuple(r[k] for k in ("c", "weight_decay", "grad_scale_power")) for r in mrows}
-        )
-        for v_idx, variant in enumerate(variants):
-            vrows = [
-                r
-                for r in mrows
-                if tuple(r[k] for k in ("c", "weight_decay", "grad_scale_power")) == variant
-            ]
-            color = cmap(v_idx / max(1, len(variants) - 1) * 0.85)
-            label = _variant_label(vrows[0], vary)
-            epochs = sorted({r["epoch"] for r in vrows})
-            n_seeds = len({r["seed"] for r in vrows})
-            for j, (col, _) in enumerate(cols):
-                xs, means, lo, hi = [], [], [], []
-                for e in epochs:
-                    vals = [r[col] for r in vrows if r["epoch"] == e and not math.isnan(r[col])]
-                    if vals:
-                        xs.append(e)
-                        means.append(statistics.fmean(vals))
-                        lo.append(min(vals))
-                        hi.append(max(vals))
-                if not xs:
-                    continue
-                ax = axes[i][j]
-                ax.plot(xs, means, marker="o", ms=3, color=color, label=f"{label} (n={n_seeds})")
-                ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
-        base = [s for s in summary if s["method"] == method]
-        ax = axes[i][0]
-        if base:
-            rand = _mean_std([s["random_init_knn"][0] for s in base])[0]
-            pix = _mean_std([s["raw_pixels_knn"][0] for s in base])[0]
-            if not math.isnan(rand):
-                ax.axhline(rand, color="gray", ls="--", lw=1, label="random init (mean)")
-            if not math.isnan(pix):
-                ax.axhline(pix, color="black", ls=":", lw=1, label="raw pixels")
-        for j, (col, ylabel) in enumerate(cols):
-            ax = axes[i][j]
-            if not ax.has_data():
-                ax.axis("off")
-                continue
-            ax.set_title(f"{method}: {ylabel}", fontsize=10)
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-            if col.startswith("norm_"):
-                ax.set_yscale("log")
-        axes[i][0].legend(fontsize=7)
-    return save_figure(fig, path, title=title, title_size=10)
-
-
-def plot_weight_decay(
-    summary: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None
-) -> Path:
-    """Experiment D: final mean norm (backbone, projection, prediction) and kNN against λ, one
-    line per method (× c, p), error bars = std over seeds; symlog x axis so λ = 0 shows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(f"norm_{n}", f"final mean ‖{n}‖") for n in EMBEDDINGS] + [("knn", "final kNN acc.")]
-    panels = [p for p in panels if any(r[p[0]][2] for r in summary)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.2), squeeze=False)
-    lines: dict[tuple[str, float, float], list[Mapping[str, Any]]] = {}
-    for r in summary:
-        lines.setdefault((r["method"], r["c"], r["grad_scale_power"]), []).append(r)
-    nonzero = [r["weight_decay"] for r in summary if r["weight_decay"] > 0]
-    linthresh = min(nonzero) if nonzero else 1e-6
-    for (method, c, p), rs in sorted(lines.items()):
-        rs = sorted(rs, key=lambda r: r["weight_decay"])
-        label = method + (f" c={c:g}" if len({k[1] for k in lines}) > 1 else "")
-        label += f" p={p:g}" if len({k[2] for k in lines}) > 1 else ""
-        for ax, (key, _) in zip(axes[0], panels, strict=True):
-            pts = [(r["weight_decay"], r[key][0], r[key][1]) for r in rs if r[key][2]]
-            if not pts:
-                continue
-            xs, ys, es = zip(*pts, strict=True)
-            es = [0.0 if math.isnan(e) else e for e in es]
-            ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=label)
-    ticks = sorted({r["weight_decay"] for r in summary})
-    for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
-        ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("weight decay λ")
-        ax.set_title(ylabel, fontsize=10)
-        ax.grid(alpha=0.3)
-        if key.startswith("norm_"):
-            ax.set_yscale("log")
-    axes[0][0].legend(fontsize=8)
-    return save_figure(fig, path, title=title, title_size=10)
-
-
 def write_outputs(cfg: SweepConfig, results: Sequence[Mapping[str, Any]]) -> list[Path]:
     """Write ``sweep.csv``, ``curves.png``, ``summary.md`` (and, with several λ,
-    ``weight_decay.png`` / ``weight_decay.md``) into ``cfg.out_dir``."""
+    ``weight_decay.png`` / ``weight_decay.md``) and ``sweep_config.json`` into
+    ``cfg.out_dir``, each atomically."""
     if not results:
         return []
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rows = [row for payload in results for row in epoch_rows(payload)]
     summary = summarise(results)
-    paths = [write_csv(rows, out / "sweep.csv")]
+    note = scale_note(cfg, summary)
     title = (
         f"{cfg.backbone} {cfg.image_size}px on {cfg.dataset} "
         f"({cfg.max_train_examples or 'all'} train images), {cfg.epochs} epochs, "
         f"batch {cfg.batch_size}; "
     )
-    paths.append(
+    paths = [
+        write_csv(rows, out / "sweep.csv"),
         plot_curves(
             rows,
             summary,
             out / "curves.png",
             title=title + "line: mean over seeds, band: min–max over seeds",
-        )
-    )
-    md = out / "summary.md"
-    md.write_text(summary_markdown(summary, cfg))
-    paths.append(md)
+        ),
+        write_text_atomic(out / "summary.md", summary_markdown(summary, note)),
+    ]
     if len({r["weight_decay"] for r in summary}) > 1:
-        paths.append(
-            plot_weight_decay(
-                summary,
-                out / "weight_decay.png",
-                title=title + "error bars: ± std over seeds (with more than one seed)",
-            )
-        )
-        wd_md = out / "weight_decay.md"
-        wd_md.write_text(weight_decay_markdown(summary) + "\n" + _scale_note(cfg, summary) + "\n")
-        paths.append(wd_md)
-    _write_json_atomic(out / "sweep_config.json", cfg.to_dict())
-    paths.append(out / "sweep_config.json")
+        bars = "error bars: ± std over seeds (with more than one seed)"
+        paths.append(plot_weight_decay(summary, out / "weight_decay.png", title=title + bars))
+        text = weight_decay_markdown(summary) + "\n" + note + "\n"
+        paths.append(write_text_atomic(out / "weight_decay.md", text))
+    paths.append(write_json_atomic(out / "sweep_config.json", cfg.to_dict()))
     return paths
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(
-                f"--set expects [METHOD.]KEY=VALUE (e.g. byol.proj_dim=256), got {item!r}."
-            )
-        method, dot, name = key.rpartition(".")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(method if dot else "*", {})[name] = value
-    return out
-
-
 def _wd(text: str) -> float | None:
     return None if text.lower() in ("default", "none") else float(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Flags of ``recipes/cut_sweep.py``."""
-    from hub_cutinit.registry import list_methods
-
-    d = SweepConfig()
-    p = argparse.ArgumentParser(
-        description="Cut-init sweep (PAPER §6 F), norm vs weight decay (§6 D), GradScale (§5): "
-        "train every method × c × λ × p × seed, write CSV, plots and markdown tables.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _add_grid_flags(p: argparse.ArgumentParser, d: SweepConfig) -> None:
     p.add_argument("--methods", nargs="+", default=d.methods, choices=list_methods())
     p.add_argument("--cs", nargs="+", type=float, default=d.cs, help="cut factors (1 = no cut)")
     p.add_argument(
@@ -898,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="GradScale p values (0 = standard training, 1 = no 1/‖z‖ factor)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=d.seeds)
+
+
+def _add_budget_flags(p: argparse.ArgumentParser, d: SweepConfig) -> None:
     p.add_argument("--backbone", default=d.backbone, help="any timm model name")
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--train-split", default=d.train_split)
@@ -919,10 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--knn-k", type=int, default=d.knn_k)
     p.add_argument("--lr", type=float, default=None, help="default: base_lr × batch / 256")
+    heads = {m: small_heads(m) for m in list_methods()}
     p.add_argument(
         "--small-heads",
         action="store_true",
-        help=f"smaller heads for CPU runs: {json.dumps(CPU_HEADS)}",
+        help=f"each method's 'cpu' preset (smaller heads for CPU runs): {json.dumps(heads)}",
     )
     p.add_argument(
         "--set",
@@ -934,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", dest="baselines", action="store_false")
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default="no")
     p.add_argument("--num-workers", type=int, default=0)
+
+
+def _add_action_flags(p: argparse.ArgumentParser, d: SweepConfig) -> None:
     p.add_argument("--runs-dir", default=d.runs_dir, help="per-run models and result.json")
     p.add_argument("--out", default=d.out_dir, help="CSV, PNG and markdown go here")
     p.add_argument("--keep-checkpoints", action="store_true")
@@ -950,50 +579,48 @@ def build_parser() -> argparse.ArgumentParser:
         "are busy with other jobs",
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of ``recipes/cut_sweep.py``.
+
+    Example:
+        >>> args = build_parser().parse_args(["--cs", "1", "9", "--weight-decays", "default"])
+        >>> args.cs, args.weight_decays, args.methods
+        ([1.0, 9.0], [None], ['simclr', 'byol'])
+    """
+    d = SweepConfig()
+    p = argparse.ArgumentParser(
+        description="Cut-init sweep (PAPER §6 F), norm vs weight decay (§6 D), GradScale (§5): "
+        "train every method × c × λ × p × seed, write CSV, plots and markdown tables.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_grid_flags(p, d)
+    _add_budget_flags(p, d)
+    _add_action_flags(p, d)
     return p
+
+
+_ACTION_FLAGS = ("set", "out", "no_train", "threads", "dry_run")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[SweepConfig, argparse.Namespace]:
     """Flags → a validated :class:`SweepConfig` (and the namespace, for the action flags)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k not in _ACTION_FLAGS}
     try:
-        cfg = SweepConfig(
-            methods=list(args.methods),
-            cs=list(args.cs),
-            weight_decays=list(args.weight_decays),
-            grad_scale_powers=list(args.grad_scale_powers),
-            seeds=list(args.seeds),
-            backbone=args.backbone,
-            dataset=args.dataset,
-            train_split=args.train_split,
-            eval_split=args.eval_split,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            max_train_examples=args.max_train_examples,
-            eval_max_samples=args.eval_max_samples,
-            knn_k=args.knn_k,
-            lr=args.lr,
-            small_heads=args.small_heads,
-            overrides=_parse_set(args.set),
-            baselines=args.baselines,
-            mixed_precision=args.mixed_precision,
-            num_workers=args.num_workers,
-            runs_dir=args.runs_dir,
-            out_dir=args.out,
-            keep_checkpoints=args.keep_checkpoints,
-        )
+        cfg = SweepConfig(**values, out_dir=args.out, overrides=parse_set(args.set))
         for method in cfg.methods:
             method_overrides(cfg, method)
     except ValueError as err:
         parser.error(str(err))
-        raise
+        raise  # unreachable: parser.error exits
     return cfg, args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Entry point of ``recipes/cut_sweep.py``."""
+    """Entry point of ``recipes/cut_sweep.py`` (``python -m hub_cutinit.experiments.sweep``)."""
     cfg, args = parse_args(argv)
     if args.threads:
         import torch
@@ -1012,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         results = run_sweep(cfg)
     summary = summarise(results)
     if summary:
-        print(summary_markdown(summary, cfg))
+        print(summary_markdown(summary, scale_note(cfg, summary)))
     return results
 
 

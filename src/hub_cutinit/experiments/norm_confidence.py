@@ -6,9 +6,11 @@ eval set, bucket them in steps of 0.05 and report the accuracy of every bucket h
 10 samples (:func:`hub_cutinit.evaluation.norm_bucket_accuracy`). The paper's finding: samples
 with a smaller embedding norm are classified less accurately.
 
-``hub-cutinit analyze OUT_DIR --dataset builtin`` runs it on a model saved by the training loop
-(:func:`hub_cutinit.hub.load_ssl_model`), for the backbone features and the projections, and
-writes ``norm_buckets.csv`` and ``norm_buckets.png``.
+The protocol itself is the library's :func:`hub_cutinit.evaluation.norm_confidence`; this
+module is the experiment around it: ``hub-cutinit analyze OUT_DIR --dataset builtin`` runs it
+on a model saved by the training loop (:func:`hub_cutinit.hub.load_ssl_model`), for the
+backbone features and the projections, and writes ``norm_buckets.csv``, ``norm_buckets.png``
+and ``norm_buckets.md``.
 
 Example:
     >>> import tempfile
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,15 +36,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from hub_cutinit.evaluation import knn_predict, norm_bucket_accuracy
-from hub_cutinit.plotting import save_figure
+from hub_cutinit.atomic import atomic_path, write_text_atomic
+from hub_cutinit.evaluation import norm_confidence
+from hub_cutinit.plotting import new_figure, save_figure
 
 __all__ = [
     "BUCKET_COLUMNS",
     "embed",
-    "norm_confidence",
     "analyze",
     "write_bucket_csv",
+    "write_analysis",
     "plot_buckets",
     "format_table",
     "register_cli",
@@ -124,70 +126,12 @@ def embed(
     return {k: torch.cat(v) for k, v in out.items()}, torch.cat(labels)
 
 
-def norm_confidence(
-    bank: Mapping[str, torch.Tensor],
-    bank_labels: torch.Tensor,
-    test: Mapping[str, torch.Tensor],
-    test_labels: torch.Tensor,
-    *,
-    k: int = 200,
-    temperature: float = 0.1,
-    step: float = 0.05,
-    min_count: int = 10,
-    knn_on: str = "same",
-) -> dict[str, dict[str, Any]]:
-    """Per embedding: kNN correctness of every test sample, bucketed by that embedding's norm.
-
-    ``knn_on="same"`` classifies with a kNN on the embedding itself; ``"backbone"`` always uses
-    the backbone features (the norm is then only the bucketing key).
-
-    Returns ``{name: {"buckets": rows, "accuracy": overall, "mean_norm_correct": ...,
-    "mean_norm_wrong": ..., "num_samples": N}}``; rows as in
-    :func:`hub_cutinit.evaluation.norm_bucket_accuracy`.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.randn(50, 4, generator=g); y = torch.arange(50) % 2
-        >>> out = norm_confidence({"backbone": x}, y, {"backbone": x}, y, k=1, min_count=1)
-        >>> out["backbone"]["accuracy"]
-        1.0
-    """
-    if knn_on not in ("same", "backbone"):
-        raise ValueError(f"knn_on must be 'same' or 'backbone', got {knn_on!r}")
-    if knn_on == "backbone" and "backbone" not in test:
-        raise ValueError("knn_on='backbone' needs 'backbone' embeddings in bank and test")
-    results: dict[str, dict[str, Any]] = {}
-    correct_cache: dict[str, torch.Tensor] = {}
-    for name, feats in test.items():
-        source = name if knn_on == "same" else "backbone"
-        if source not in correct_cache:
-            preds = knn_predict(
-                bank[source], bank_labels, test[source], k=k, temperature=temperature
-            )
-            correct_cache[source] = preds == test_labels.cpu()
-        correct = correct_cache[source]
-        norms = torch.linalg.vector_norm(feats.double(), dim=1)
-        rows = norm_bucket_accuracy(norms, correct, step=step, min_count=min_count)
-        wrong = ~correct
-        results[name] = {
-            "buckets": rows,
-            "accuracy": float(correct.double().mean()),
-            "num_samples": int(len(correct)),
-            "mean_norm": float(norms.mean()),
-            "mean_norm_correct": float(norms[correct].mean()) if correct.any() else math.nan,
-            "mean_norm_wrong": float(norms[wrong].mean()) if wrong.any() else math.nan,
-            "knn_on": source,
-        }
-    return results
-
-
 def write_bucket_csv(
     results: Mapping[str, Mapping[str, Any]], path: str | os.PathLike[str]
 ) -> Path:
     """One row per (embedding, bucket) with :data:`BUCKET_COLUMNS`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(BUCKET_COLUMNS))
         writer.writeheader()
         for name, res in results.items():
@@ -211,12 +155,7 @@ def plot_buckets(
 ) -> Path:
     """Accuracy (line) and sample count (bars) per rescaled-norm bucket, one panel per
     embedding; the dashed line is the overall kNN accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 3.4), squeeze=False)
+    fig, axes = new_figure(1, len(results), figsize=(4.6 * len(results), 3.4))
     for ax, (name, res) in zip(axes[0], results.items(), strict=True):
         rows = res["buckets"]
         centers = [(r["bucket_low"] + r["bucket_high"]) / 2 for r in rows]
@@ -265,6 +204,22 @@ def format_table(results: Mapping[str, Mapping[str, Any]], markdown: bool = Fals
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def write_analysis(
+    results: Mapping[str, Mapping[str, Any]],
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str | None = "",
+) -> list[Path]:
+    """Write ``norm_buckets.csv``, ``norm_buckets.png`` (unless ``title`` is ``None``) and
+    ``norm_buckets.md`` of :func:`hub_cutinit.evaluation.norm_confidence` results."""
+    out = Path(out_dir)
+    files = [write_bucket_csv(results, out / "norm_buckets.csv")]
+    if title is not None:
+        files.append(plot_buckets(results, out / "norm_buckets.png", title=title))
+    files.append(write_text_atomic(out / "norm_buckets.md", format_table(results, markdown=True)))
+    return files
 
 
 def _image_size(model: nn.Module, default: int = 32) -> int:
@@ -319,14 +274,14 @@ def analyze(
         batch_size=batch_size,
     )
     names = list(embeddings)
-    if knn_on == "backbone" and "backbone" not in names:
-        names = ["backbone", *names]
+    if knn_on != "same" and knn_on not in names:
+        names = [knn_on, *names]  # embedded for the kNN, not reported
     bank, bank_labels = embed(model, bank_loader, names, device)
     test, test_labels = embed(model, test_loader, names, device)
     results = norm_confidence(
         bank,
         bank_labels,
-        {n: test[n] for n in embeddings},
+        test,
         test_labels,
         k=k,
         temperature=temperature,
@@ -334,18 +289,15 @@ def analyze(
         min_count=min_count,
         knn_on=knn_on,
     )
+    results = {n: results[n] for n in embeddings}
+    info = getattr(model, "hub_cutinit_info", None) or {}
+    title = (
+        f"{info.get('method', '?')} c={info.get('c', '?')} λ={info.get('weight_decay', '?')} "
+        f"{info.get('architecture', '')} {size}px; {dataset} {eval_split} "
+        f"({len(test_labels)} samples) vs bank {train_split} ({len(bank_labels)}), k={k}"
+    )
     out = Path(out_dir) if out_dir is not None else Path(model_dir) / "analysis"
-    files = [write_bucket_csv(results, out / "norm_buckets.csv")]
-    if plot:
-        info = getattr(model, "hub_cutinit_info", None) or {}
-        title = (
-            f"{info.get('method', '?')} c={info.get('c', '?')} λ={info.get('weight_decay', '?')} "
-            f"{info.get('architecture', '')} {size}px; {dataset} {eval_split} "
-            f"({len(test_labels)} samples) vs bank {train_split} ({len(bank_labels)}), k={k}"
-        )
-        files.append(plot_buckets(results, out / "norm_buckets.png", title=title))
-    (out / "norm_buckets.md").write_text(format_table(results, markdown=True))
-    files.append(out / "norm_buckets.md")
+    files = write_analysis(results, out, title=title if plot else None)
     return {
         "buckets": {n: r["buckets"] for n, r in results.items()},
         "results": results,
@@ -430,8 +382,9 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hub_cutinit.analysis MODEL_DIR ...``: the same as ``hub-cutinit analyze``."""
-    parser = argparse.ArgumentParser(prog="python -m hub_cutinit.analysis")
+    """``python -m hub_cutinit.experiments.norm_confidence MODEL_DIR ...``: the same as
+    ``hub-cutinit analyze``."""
+    parser = argparse.ArgumentParser(prog="python -m hub_cutinit.experiments.norm_confidence")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["analyze", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args) or 0)

@@ -1,0 +1,427 @@
+"""The convergence study: when does cut-initialisation speed up SSL training? (PAPER §9)
+
+For every method it trains three variants from the same seeds, in the paper's regime (warm-up,
+a cosine horizon much longer than the run so the lr stays nearly constant, the paper's
+Nesterov and EMA choices, full-bank kNN):
+
+- ``c1``: no cut;
+- ``cut``: the method's cut factor c (3 contrastive, 9 non-contrastive);
+- ``c1-lr``: no cut, but the weights that a BatchNorm normalises get ``lr × c²`` (and
+  ``λ / c²``) — the learning-rate control. For those scale-invariant weights this is exactly the
+  cut's dynamics, so whatever ``cut`` gains over ``c1-lr`` comes from the other parameters
+  (BN affine, biases, the un-normalised last layers).
+
+Each run lives in ``runs_dir/<method>_<variant>_seed<s>/`` with ``result.json`` written last
+(a repeated command skips finished runs). Outputs in ``out_dir``: ``study.csv`` (one row per
+run × evaluation), ``summary.csv`` / ``summary.md`` (accuracy at fixed steps, steps to a fixed
+accuracy, mean ± std over seeds), ``curves.png`` (kNN, ‖z‖ and angle per step against steps).
+
+Example (tiny; ``recipes/convergence_study.py`` is the command-line front end)::
+
+    from hub_cutinit.experiments.convergence import StudyConfig, run_study
+    run_study(StudyConfig(methods=("simclr",), seeds=(0,), epochs=1, backbone="test_resnet",
+                          out_dir="/tmp/study", max_steps=2, heads="tiny"))
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub_cutinit.atomic import write_text_atomic
+from hub_cutinit.plotting import colormap, new_figure, save_figure
+from hub_cutinit.registry import get_method_defaults, get_preset
+
+__all__ = ["StudyConfig", "run_study", "study_rows", "summarise", "main", "VARIANTS"]
+
+#: The variants of every method, in plotting order.
+VARIANTS = ("c1", "cut", "c1-lr")
+#: Embeddings whose norm and angle the CSV keeps.
+EMBEDDINGS = ("backbone", "projection", "prediction")
+
+
+@dataclass
+class StudyConfig:
+    """One study: methods × variants × seeds under one budget."""
+
+    methods: Sequence[str] = ("simclr", "simsiam", "byol")
+    seeds: Sequence[int] = (0, 1, 2)
+    variants: Sequence[str] = VARIANTS
+    backbone: str = "resnet18"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    heads: str = "cpu"
+    image_size: int = 32
+    dataset: str = "builtin"
+    epochs: int = 20
+    max_steps: int | None = None
+    batch_size: int = 128
+    warmup_epochs: float = 2.0
+    cosine_epochs: float | None = 200.0
+    weight_decay: float = 5e-4
+    #: peak lr per method: the paper's effective values (PAPER §9: base² from its LambdaLR)
+    lrs: dict[str, float] = field(
+        default_factory=lambda: {"simclr": 0.36, "moco": 0.36, "simsiam": 0.04, "byol": 0.04}
+    )
+    eval_every_epochs: int = 2
+    knn_k: int = 200
+    threads: int = 1
+    out_dir: str = "recipes/results/convergence"
+    runs_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}.")
+
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir or Path(self.out_dir) / "runs")
+
+
+def _cut_factor(method: str) -> float:
+    return float(get_method_defaults(method)["c"])
+
+
+def train_argv(cfg: StudyConfig, method: str, variant: str, seed: int, out: Path) -> list[str]:
+    """The recipe flags of one run (what ``recipes/<method>.py`` would be given)."""
+    c = _cut_factor(method)
+    argv = ["--backbone", cfg.backbone, "--dataset", cfg.dataset]
+    argv += ["--image-size", str(cfg.image_size), "--batch-size", str(cfg.batch_size)]
+    argv += ["--epochs", str(cfg.epochs), "--warmup-epochs", str(cfg.warmup_epochs)]
+    if cfg.max_steps:
+        argv += ["--max-steps", str(cfg.max_steps)]
+    if cfg.cosine_epochs:
+        argv += ["--cosine-epochs", str(cfg.cosine_epochs)]
+    argv += ["--weight-decay", str(cfg.weight_decay), "--seed", str(seed)]
+    if method in cfg.lrs:
+        argv += ["--lr", str(cfg.lrs[method])]
+    argv += ["--c", "1" if variant != "cut" else f"{c:g}"]
+    if variant == "c1-lr":
+        argv += ["--normalized-lr-scale", f"{c * c:g}"]
+    if get_method_defaults(method).get("momentum") is not None:
+        argv += ["--ema-schedule", "constant"]  # the paper's BYOL (PAPER §9)
+    argv += ["--knn-k", str(cfg.knn_k), "--log-every", "5", "--output-dir", str(out)]
+    argv += ["--eval-every-epochs", str(cfg.eval_every_epochs)]
+    overrides = {**get_preset(method, cfg.heads)}
+    if cfg.backbone_kwargs:
+        overrides["backbone_kwargs"] = cfg.backbone_kwargs
+    if overrides:
+        argv += ["--set", *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
+    return argv
+
+
+def run_one(cfg: StudyConfig, method: str, variant: str, seed: int) -> dict[str, Any]:
+    """Train one run (or read its finished ``result.json``)."""
+    from hub_cutinit.training import parse_args, train
+
+    run_dir = cfg.runs_path() / f"{method}_{variant}_seed{seed}"
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    argv = train_argv(cfg, method, variant, seed, run_dir / "model")
+    started = time.perf_counter()
+    result = train(parse_args(method, [*argv, "--resume"]))
+    payload = {
+        "method": method,
+        "variant": variant,
+        "seed": seed,
+        "argv": argv,
+        "wall_s": time.perf_counter() - started,
+        "result": result,
+    }
+    write_text_atomic(done, json.dumps(payload, indent=1, default=str))
+    return payload
+
+
+def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every run of the study (seeds outermost, so a cut-short study still has whole seeds)."""
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    payloads = []
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            for variant in cfg.variants:
+                payloads.append(run_one(cfg, method, variant, seed))
+                write_outputs(cfg, payloads)
+    return payloads
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def study_rows(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run × evaluation: kNN, and the norms/angle of the nearest monitored step."""
+    rows = []
+    for p in payloads:
+        res = p["result"]
+        convergence = res.get("convergence") or []
+        knn = [{"step": 0, "knn_accuracy": (res.get("baselines") or {}).get("random_init_knn")}]
+        for record in [*knn, *(res.get("knn") or [])]:
+            if record.get("knn_accuracy") is None:
+                continue
+            step = int(record["step"])
+            near = min(convergence, key=lambda r: abs(r["step"] - step), default={})
+            row = {
+                "method": p["method"],
+                "variant": p["variant"],
+                "c": res["c"],
+                "normalized_lr_scale": res.get("normalized_lr_scale", 1.0),
+                "seed": p["seed"],
+                "step": step,
+                "epoch": step / res["steps_per_epoch"] if res.get("steps_per_epoch") else None,
+                "knn_accuracy": record["knn_accuracy"],
+            }
+            for name in EMBEDDINGS:
+                row[f"norm_{name}"] = near.get(f"norm/{name}")
+                row[f"angle_{name}"] = near.get(f"angle/{name}")
+            rows.append(row)
+    return rows
+
+
+def _interpolate_step(points: Sequence[tuple[int, float]], target: float) -> float | None:
+    """First step where the piecewise-linear kNN curve reaches ``target`` (None: never)."""
+    for (s0, a0), (s1, a1) in zip(points, points[1:], strict=False):
+        if a0 >= target:
+            return float(s0)
+        if a1 >= target:
+            return s0 + (s1 - s0) * (target - a0) / (a1 - a0)
+    return float(points[-1][0]) if points and points[-1][1] >= target else None
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return (
+        statistics.fmean(values),
+        statistics.stdev(values) if len(values) > 1 else 0.0,
+        len(values),
+    )
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per method × variant: kNN at 1/4, 1/2 and all of the run, and steps to a fixed accuracy.
+
+    The fixed accuracy of a method is 90 % of the way from its random-init kNN to the best
+    final mean kNN among its variants; ``steps_to_target`` averages the seeds that reach it
+    and ``reached`` counts them.
+    """
+    curves: dict[tuple[str, str], dict[int, list[tuple[int, float]]]] = {}
+    for r in rows:
+        curves.setdefault((r["method"], r["variant"]), {}).setdefault(r["seed"], []).append(
+            (r["step"], r["knn_accuracy"])
+        )
+    for seeds in curves.values():
+        for points in seeds.values():
+            points.sort()
+    finals = {
+        key: statistics.fmean(points[-1][1] for points in seeds.values())
+        for key, seeds in curves.items()
+    }
+    out = []
+    for (method, variant), seeds in sorted(
+        curves.items(), key=lambda kv: (kv[0][0], VARIANTS.index(kv[0][1]))
+    ):
+        target = _target(method, finals, curves)
+        last = max(points[-1][0] for points in seeds.values())
+        row: dict[str, Any] = {"method": method, "variant": variant, "seeds": len(seeds)}
+        row["steps"] = last
+        for label, fraction in (("q1", 0.25), ("half", 0.5), ("final", 1.0)):
+            at = [_accuracy_at(points, fraction * last) for points in seeds.values()]
+            row[f"knn_{label}"] = _mean_std(at)
+        row["target"] = target
+        reached = [_interpolate_step(points, target) for points in seeds.values()]
+        row["steps_to_target"] = _mean_std([s for s in reached if s is not None])
+        row["reached"] = sum(s is not None for s in reached)
+        out.append(row)
+    return out
+
+
+def _target(method: str, finals: Mapping[tuple[str, str], float], curves: Mapping) -> float:
+    best = max(v for (m, _), v in finals.items() if m == method)
+    starts = [
+        points[0][1]
+        for (m, _), seeds in curves.items()
+        if m == method
+        for points in seeds.values()
+        if points[0][0] == 0
+    ]
+    start = statistics.fmean(starts) if starts else 0.0
+    return start + 0.9 * (best - start) if best > start else best
+
+
+def _accuracy_at(points: Sequence[tuple[int, float]], step: float) -> float:
+    """kNN accuracy at ``step``, linearly interpolated between evaluations."""
+    for (s0, a0), (s1, a1) in zip(points, points[1:], strict=False):
+        if s0 <= step <= s1:
+            return a0 + (a1 - a0) * (step - s0) / max(s1 - s0, 1)
+    return points[-1][1]
+
+
+def _pm(stat: tuple[float, float, int], pct: bool = True) -> str:
+    mean, std, n = stat
+    if n == 0:
+        return "never"
+    scale = 100 if pct else 1
+    digits = 1 if pct else 0
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + (f" (n={n})" if n < 3 else "")
+
+
+def summary_markdown(summary: Sequence[Mapping[str, Any]], baselines: Mapping[str, float]) -> str:
+    """The study's table in Markdown."""
+    lines = [
+        "| method | variant | kNN at ¼ run (%) | kNN at ½ run (%) | final kNN (%) | "
+        "target (%) | steps to target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in summary:
+        lines.append(
+            f"| {r['method']} | {r['variant']} | {_pm(r['knn_q1'])} | {_pm(r['knn_half'])} | "
+            f"{_pm(r['knn_final'])} | {r['target'] * 100:.1f} | "
+            f"{_pm(r['steps_to_target'], pct=False)} ({r['reached']}/{r['seeds']} seeds) |"
+        )
+    if baselines:
+        lines.append("")
+        lines.append(
+            "Baselines (same kNN protocol): "
+            + ", ".join(
+                f"{k.replace('_knn', '').replace('_', ' ')} {v * 100:.1f} %"
+                for k, v in baselines.items()
+            )
+            + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    if not rows:
+        return
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: (f"{v[0]:.6g}±{v[1]:.3g}" if isinstance(v, tuple) else v) for k, v in row.items()}
+        )
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_outputs(cfg: StudyConfig, payloads: Sequence[Mapping[str, Any]]) -> list[Path]:
+    """``study.csv``, ``summary.csv``, ``summary.md`` and ``curves.png`` in ``cfg.out_dir``."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = study_rows(payloads)
+    summary = summarise(rows)
+    baselines = dict(payloads[0]["result"].get("baselines") or {}) if payloads else {}
+    _write_csv(rows, out / "study.csv")
+    _write_csv(summary, out / "summary.csv")
+    write_text_atomic(out / "summary.md", summary_markdown(summary, baselines))
+    paths = [out / "study.csv", out / "summary.csv", out / "summary.md"]
+    if rows:
+        paths.append(save_figure(convergence_figure(payloads), out / "curves.png"))
+    return paths
+
+
+def _band(ax: Any, series: list[list[tuple[float, float]]], label: str, color: Any) -> None:
+    """Mean over seeds (on the first seed's x) with a min–max band."""
+    series = [s for s in series if s]
+    if not series:
+        return
+    xs = [x for x, _ in series[0]]
+    ys = [[_accuracy_at(s, x) for s in series] for x in xs]
+    ax.plot(xs, [statistics.fmean(y) for y in ys], label=label, color=color)
+    ax.fill_between(xs, [min(y) for y in ys], [max(y) for y in ys], color=color, alpha=0.2)
+
+
+def convergence_figure(payloads: Sequence[Mapping[str, Any]]) -> Any:
+    """One row per method: kNN accuracy, mean ‖projection‖ and its angle per step, per variant."""
+    methods = sorted({p["method"] for p in payloads})
+    fig, axes = new_figure(len(methods), 3, figsize=(13, 3.4 * len(methods)))
+    colors = {v: colormap("tab10")(i) for i, v in enumerate(VARIANTS)}
+    for row, method in zip(axes, methods, strict=True):
+        for variant in VARIANTS:
+            runs = [
+                p["result"] for p in payloads if p["method"] == method and p["variant"] == variant
+            ]
+            if not runs:
+                continue
+            knn = [
+                [(0.0, r["baselines"]["random_init_knn"])] * bool(r.get("baselines"))
+                + [(k["step"], k["knn_accuracy"]) for k in r.get("knn") or []]
+                for r in runs
+            ]
+            conv = [r.get("convergence") or [] for r in runs]
+            norm = [
+                [(c["step"], c.get("norm/projection")) for c in rows if c.get("norm/projection")]
+                for rows in conv
+            ]
+            angle = [
+                [(c["step"], c.get("angle/projection")) for c in rows if c.get("angle/projection")]
+                for rows in conv
+            ]
+            label = f"{variant} (c={runs[0]['c']:g}" + (
+                f", lr×{runs[0]['normalized_lr_scale']:g} on BN weights)"
+                if runs[0].get("normalized_lr_scale", 1) != 1
+                else ")"
+            )
+            _band(row[0], knn, label, colors[variant])
+            _band(row[1], norm, label, colors[variant])
+            _band(row[2], angle, label, colors[variant])
+        row[0].set_ylabel(f"{method}: kNN accuracy")
+        row[1].set_ylabel("mean ‖projection‖")
+        row[2].set_ylabel("projection angle per step (rad)")
+        for ax in row:
+            ax.set_xlabel("optimiser step")
+            ax.grid(alpha=0.3)
+        row[1].set_yscale("log")
+        row[2].set_yscale("log")
+        row[0].legend(fontsize=8)
+    return fig
+
+
+# -- command line ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    d = StudyConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(d.methods))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
+    p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument(
+        "--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"output_stride\": 8}'"
+    )
+    p.add_argument("--heads", default=d.heads, help="the methods' head preset: paper, cpu or tiny")
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--cosine-epochs", type=float, default=d.cosine_epochs)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="peak lr per method")
+    p.add_argument("--eval-every-epochs", type=int, default=d.eval_every_epochs)
+    p.add_argument("--knn-k", type=int, default=d.knn_k)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--out-dir", default=d.out_dir)
+    p.add_argument("--runs-dir", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """``python recipes/convergence_study.py [flags]``."""
+    args = vars(build_parser().parse_args(argv))
+    lrs = dict(StudyConfig().lrs)
+    for item in args.pop("lr"):
+        method, _, value = item.partition("=")
+        lrs[method] = float(value)
+    cfg = StudyConfig(lrs=lrs, **args)
+    return run_study(cfg)

@@ -1,0 +1,669 @@
+"""The Trainer: one SSL run under Accelerate, in small steps a reader can follow.
+
+``Trainer(cfg).train()`` runs :meth:`~Trainer.setup` (accelerator, model, data, optimiser, the
+resolved :class:`~hub_cutinit.training.record.RunRecord`), :meth:`~Trainer.resume`, the
+baselines, then epochs of :meth:`~Trainer.training_step` with the convergence monitor, the kNN
+monitor and checkpoints, and :meth:`~Trainer.finish` (final evaluation, save in timm's format,
+optional push). Every process reads its own shard of the stream (``split_dataset_by_node`` in
+:mod:`hub_cutinit.data`); the data loader is therefore *not* passed to ``accelerator.prepare``
+(that would shard a second time).
+
+Example (a few steps on the built-in dataset)::
+
+    from hub_cutinit.training import TrainConfig, Trainer
+    result = Trainer(TrainConfig(method="byol", max_steps=5, batch_size=16,
+                                 output_dir="/tmp/x")).train()
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from hub_cutinit import data as data_lib
+from hub_cutinit.distributed import is_distributed
+from hub_cutinit.evaluation import extract_features, knn_accuracy, linear_probe
+from hub_cutinit.factory import create_ssl_model
+from hub_cutinit.monitor import StepAngleMonitor
+from hub_cutinit.norms import NormHistory, NormTracker
+from hub_cutinit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hub_cutinit.training.config import TrainConfig
+from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
+from hub_cutinit.training.record import RunRecord, TrainerState
+
+__all__ = ["Trainer", "StepResult", "NonFiniteLossError", "tune_cpu_allocator", "PROBE_SIZE"]
+
+#: Images in the fixed probe batch of the convergence monitor.
+PROBE_SIZE = 64
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before applying the bad update."""
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in glibc's heap instead of handing it back to the OS after each step.
+
+    With glibc's defaults the ~90 MB of gradients that ``zero_grad(set_to_none=True)`` frees at
+    the end of a BYOL resnet18 step (and other large temporaries) are trimmed from the heap or
+    unmapped, then page-faulted in again by the next backward: ~22k minor faults per step, 5-8 %
+    of the step time on CPU. Process-wide; returns False (and does nothing) outside Linux/glibc
+    or when the user set a ``MALLOC_*`` variable. The price: the resident size no longer shrinks
+    after a peak, which a training process does not need.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+def _all_true(flag: bool, device: torch.device) -> bool:
+    """True only if ``flag`` is true on every process (a barrier-free agreement)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item() > 0)
+
+
+def _nonfinite_message(step: int, loss: float, lr: float, c: float, last_ckpt: Any) -> str:
+    hint = (
+        f"Likely causes: the learning rate is too high (lr={lr:.3g}; try a smaller --lr or a "
+        f"longer warm-up), or c={c:g} is too large or too small for this model (try --c 3 or "
+        "--c 1), or --mixed-precision fp16 overflowed."
+    )
+    kept = (
+        f" The last good checkpoint is kept: {last_ckpt}."
+        if last_ckpt
+        else " No checkpoint was written yet."
+    )
+    return f"Non-finite loss ({loss}) at step {step}. {hint}{kept}"
+
+
+@dataclass
+class StepResult:
+    """What :meth:`Trainer.training_step` returns for one (micro-)batch.
+
+    ``log`` is filled only when the step synchronised gradients (an optimiser step happened).
+    """
+
+    embeddings: dict[str, torch.Tensor]
+    synced: bool
+    log: dict[str, float]
+
+
+class Trainer:
+    """One SSL training run; ``train(cfg)`` is ``Trainer(cfg).train()``.
+
+    Pass ``accelerator`` to reuse one (benchmarks); otherwise :meth:`setup_accelerator` builds
+    it from ``cfg``. Attributes after :meth:`setup`: ``model`` (prepared), ``raw_model``,
+    ``optimizer``, ``scheduler``, ``record`` (the resolved hyper-parameters), ``state``
+    (:class:`TrainerState`), ``history`` (per-epoch norm records).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, accelerator: Accelerator | None = None) -> None:
+        self.cfg = cfg
+        self.accelerator = accelerator  # None: setup_accelerator() builds one from cfg
+        self.state = TrainerState()
+        self.history = NormHistory()
+        self.epoch_norms = NormTracker()
+        self.monitor: StepAngleMonitor | None = None
+        self.eval_sets: tuple[Any, Any] | None = None
+        self.stream: Any = None
+        self.loader: Any = None
+        self.loader_state: dict[str, Any] | None = None
+        self.last_ckpt: Path | None = None
+        self._names: list[str] | None = None
+        self._micro_step = 0
+        self._window = (time.perf_counter(), 0)
+        self.last_log: dict[str, float] = {}
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Accelerator, model, data, optimiser and the run record."""
+        self.setup_accelerator()
+        self.setup_model()
+        self.setup_data()
+        steps_per_epoch = self._steps_per_epoch()
+        total = self.cfg.max_steps or steps_per_epoch * self.cfg.epochs  # max_steps wins
+        self.setup_optimizer(total_steps=total, steps_per_epoch=steps_per_epoch)
+        if self.cfg.log_with:
+            config = {k: v for k, v in self.record.to_dict().items() if v is not None}
+            self.accelerator.init_trackers("hub_cutinit", config=config)
+
+    def setup_accelerator(self) -> None:
+        """The Accelerator (gloo on CPU under a multi-process launch), seed, allocator."""
+        cfg = self.cfg
+        self.accelerator = self.accelerator or Accelerator(
+            # without CUDA, run on CPU: under `accelerate launch --multi_gpu` or torchrun this
+            # gives a gloo process group (MULTI_CPU) instead of a silent single process
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with=cfg.log_with,
+            project_dir=cfg.output_dir,
+        )
+        if self.accelerator.device.type == "cpu":
+            tune_cpu_allocator()
+            if cfg.mixed_precision == "fp16":
+                raise ValueError("fp16 autocast does nothing on CPU; use --mixed-precision bf16.")
+        set_seed(cfg.seed)
+        self.started = time.perf_counter()
+
+    def setup_model(self) -> None:
+        """The cut-initialised SSL model (SyncBN on multi-GPU runs)."""
+        cfg = self.cfg
+        model = create_ssl_model(cfg.method, cfg.backbone, c=cfg.c, **cfg.model_overrides())
+        if self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda":
+            from timm.layers import convert_sync_batchnorm
+
+            model = convert_sync_batchnorm(model)
+        self.model = self.raw_model = model
+
+    def setup_data(self) -> None:
+        """This process's shard of the training stream and the labelled evaluation sets."""
+        cfg, acc = self.cfg, self.accelerator
+        self.stream = data_lib.build_train_stream(
+            cfg.dataset,
+            method=cfg.method,
+            image_size=cfg.image_size,
+            split=cfg.train_split,
+            image_column=cfg.image_column,
+            label_column=cfg.label_column,
+            num_local_views=self.raw_model.num_views()[1],
+            seed=cfg.seed,
+            shuffle_buffer=cfg.shuffle_buffer,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        self.num_examples = cfg.num_examples or data_lib.count_examples(self.stream)
+        if cfg.eval_split:
+            self.eval_sets = data_lib.build_eval_loaders(
+                cfg.dataset,
+                image_size=cfg.image_size,
+                train_split=cfg.train_split,
+                eval_split=cfg.eval_split,
+                image_column=cfg.image_column,
+                label_column=cfg.label_column,
+                max_samples=cfg.eval_max_samples,
+                batch_size=max(64, cfg.batch_size),
+            )
+        self.loader = data_lib.make_train_loader(
+            self.stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers
+        )
+
+    def _steps_per_epoch(self) -> int | None:
+        cfg, n = self.cfg, self.num_examples
+        if n is None:
+            if cfg.max_steps is None:
+                raise ValueError(
+                    f"Cannot tell how many training images {cfg.dataset!r} has; pass "
+                    "--num-examples N or --max-steps N so the schedule knows its length."
+                )
+            return None
+        per_step = cfg.batch_size * cfg.grad_accum_steps
+        steps = n // self.accelerator.num_processes // per_step
+        if steps < 1:
+            raise ValueError(
+                f"{n} training images are too few for batch {cfg.batch_size} × "
+                f"{self.accelerator.num_processes} processes × {cfg.grad_accum_steps} "
+                "accumulation steps; lower --batch-size."
+            )
+        return steps
+
+    def setup_optimizer(self, *, total_steps: int, steps_per_epoch: int | None = None) -> None:
+        """Resolve the run record, build the optimiser and schedule, prepare the model."""
+        self.record = self.resolve_record(total_steps, steps_per_epoch)
+        rec = self.record
+        normalized: list[str] = []
+        if rec.normalized_lr_scale != 1:
+            size = self.cfg.image_size
+            normalized = bn_normalized_weights(
+                self.raw_model, lambda m: m.embed(torch.randn(2, 3, size, size))
+            )
+        self.optimizer, self.scheduler = build_optimizer(
+            self.raw_model,
+            rec.optimizer,
+            lr=rec.lr,
+            weight_decay=rec.weight_decay,
+            cosine_steps=rec.cosine_steps,
+            warmup_steps=rec.warmup_steps,
+            momentum=rec.sgd_momentum if rec.sgd_momentum is not None else 0.9,
+            nesterov=rec.nesterov,
+            normalized=normalized,
+            normalized_lr_scale=rec.normalized_lr_scale,
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.raw_model, self.optimizer)
+        self.raw_model = self.accelerator.unwrap_model(self.model)
+
+    def resolve_record(self, total_steps: int, steps_per_epoch: int | None) -> RunRecord:
+        """Every hyper-parameter of this run, resolved once (flags over method defaults)."""
+        cfg, acc, model = self.cfg, self.accelerator, self.raw_model
+        hp = model.hparams
+        global_batch = cfg.batch_size * acc.num_processes * cfg.grad_accum_steps
+        lr = cfg.lr if cfg.lr is not None else float(hp["base_lr"]) * global_batch / 256
+        optimizer = cfg.optimizer or hp["optimizer"]
+        uses_momentum = optimizer in ("sgd", "lars")
+        nesterov = cfg.nesterov if cfg.nesterov is not None else hp.get("nesterov")
+        warmup, cosine = resolve_schedule(
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=cfg.warmup_epochs,
+            cosine_epochs=cfg.cosine_epochs,
+        )
+        has_teacher = getattr(model, "teacher", None) is not None
+        return RunRecord(
+            method=cfg.method,
+            family=model.family,
+            backbone=cfg.backbone,
+            backbone_kwargs=dict(hp.get("backbone_kwargs") or {}),
+            c=model.cut_factor,
+            optimizer=optimizer,
+            nesterov=bool(nesterov) if uses_momentum and nesterov is not None else None,
+            lr=lr,
+            base_lr=lr * 256 / global_batch,
+            weight_decay=cfg.weight_decay
+            if cfg.weight_decay is not None
+            else float(hp["weight_decay"]),
+            sgd_momentum=float(hp["sgd_momentum"]) if uses_momentum else None,
+            warmup_steps=warmup,
+            cosine_steps=cosine,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=warmup / steps_per_epoch if steps_per_epoch else None,
+            cosine_epochs=cosine / steps_per_epoch if steps_per_epoch else None,
+            normalized_lr_scale=cfg.normalized_lr_scale,
+            ema_momentum=float(hp["momentum"]) if has_teacher else None,
+            ema_schedule=str(hp.get("momentum_schedule", "cosine")) if has_teacher else None,
+            batch_size=cfg.batch_size,
+            grad_accum_steps=cfg.grad_accum_steps,
+            num_processes=acc.num_processes,
+            global_batch_size=global_batch,
+            mixed_precision=cfg.mixed_precision,
+            image_size=cfg.image_size,
+            dataset=cfg.dataset,
+            train_split=cfg.train_split,
+            eval_split=cfg.eval_split,
+            num_examples=self.num_examples if self.stream is not None else cfg.num_examples,
+            knn_k=cfg.knn_k,
+            knn_temperature=cfg.knn_temperature,
+            eval_every=cfg.eval_every,
+            eval_every_epochs=cfg.eval_every_epochs,
+            log_every=cfg.log_every,
+            seed=cfg.seed,
+            grad_scale_power=float(hp.get("grad_scale_power") or 0.0),
+        )
+
+    # -- resume ---------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore the newest complete checkpoint when ``--resume`` is given."""
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.resume:
+            return
+        self.last_ckpt = latest_checkpoint(cfg.output_dir)
+        if self.last_ckpt is None:
+            acc.print(f"--resume: no complete checkpoint in {cfg.output_dir}; starting at step 0.")
+            return
+        saved, self.loader_state = load_checkpoint(acc, self.last_ckpt)
+        self.state = TrainerState.from_dict(saved)
+        self.history.load_state_dict(saved["history"])
+        self.scheduler.step_update(self.state.step)  # this run's schedule (e.g. a new --lr)
+        if acc.is_main_process:  # the saved statistics are already global
+            self.epoch_norms.load_state_dict(saved["epoch_norms"])
+        acc.print(
+            f"Resumed from {self.last_ckpt} (step {self.state.step}, epoch {self.state.epoch})."
+        )
+
+    # -- one step -------------------------------------------------------------------------------
+    def training_step(self, views: list[torch.Tensor]) -> StepResult:
+        """Forward, backward, optimiser and schedule on one (micro-)batch, plus norm statistics.
+
+        Raises :class:`NonFiniteLossError` (the loss as its argument) *before* the backward
+        pass if the loss is NaN or infinite on any process, so no bad update is applied.
+        """
+        acc, state = self.accelerator, self.state
+        views = [v.to(acc.device, non_blocking=True) for v in views]
+        if self.monitor is None and self.cfg.convergence_monitor:
+            # a fixed probe: this process's first training images (PAPER §9's angle per step)
+            self.monitor = StepAngleMonitor(views[0][:PROBE_SIZE].clone())
+        self._micro_step += 1
+        syncs = self._micro_step % self.cfg.grad_accum_steps == 0
+        watch = syncs and self.monitor is not None and self._monitored(state.step + 1)
+        snapshot = self.monitor.before_step(self.raw_model) if watch else None
+        with acc.accumulate(self.model):
+            out = self.model(views)
+            loss_mean = acc.reduce(out.loss.detach().float(), reduction="mean")
+            if not torch.isfinite(loss_mean):
+                raise NonFiniteLossError(float(loss_mean))
+            acc.backward(out.loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        embeddings = {k: v.detach() for k, v in out.embeddings.items()}
+        means = self._norm_statistics(embeddings, loss_mean)
+        images = views[0].shape[0] * acc.num_processes
+        state.images_seen += images
+        self._window = (self._window[0], self._window[1] + images)
+        if not acc.sync_gradients:
+            return StepResult(embeddings, False, {})
+        state.step += 1
+        self.scheduler.step_update(state.step)
+        hook_log = self.raw_model.on_step_end(state.step / self.record.total_steps) or {}
+        log = self._step_log(means, hook_log)
+        if snapshot is not None:
+            angles = self.monitor.after_step(self.raw_model, snapshot)
+            angles = {
+                k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))
+                for k, v in angles.items()
+            }
+            log.update({f"convergence/{k}": v for k, v in angles.items()})
+            state.convergence.append(
+                {"step": state.step, "epoch": state.epoch, "lr": log["lr"], **angles}
+            )
+        self.last_log = log
+        return StepResult(embeddings, True, log)
+
+    def _monitored(self, step: int) -> bool:
+        return step == 1 or step % max(1, self.cfg.log_every) == 0
+
+    def _norm_statistics(
+        self, embeddings: dict[str, torch.Tensor], loss: torch.Tensor
+    ) -> torch.Tensor:
+        """Update the epoch's norm tracker; mean ‖z‖ per embedding and the loss, over processes."""
+        self.epoch_norms.update(embeddings)
+        self._names = self._names or sorted(embeddings)
+        means = torch.stack(
+            [embeddings[k].float().norm(dim=1).mean() for k in self._names] + [loss]
+        )
+        return self.accelerator.reduce(means, reduction="mean")
+
+    def _step_log(self, means: torch.Tensor, hook_log: dict[str, float]) -> dict[str, float]:
+        started, images = self._window
+        log = {
+            "loss": float(means[-1]),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images / max(time.perf_counter() - started, 1e-9),
+            **{f"norm/{k}": float(v) for k, v in zip(self._names, means[:-1], strict=True)},
+            **hook_log,
+        }
+        self.accelerator.log(log, step=self.state.step)
+        return log
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Set up, resume, train to ``total_steps``, save; return the run summary."""
+        self.setup()
+        self.resume()
+        self.run_baselines()
+        self.progress = tqdm(
+            total=self.record.total_steps,
+            initial=self.state.step,
+            disable=not self.accelerator.is_local_main_process,
+            desc=f"{self.cfg.method} c={self.record.c:g}",
+        )
+        self.model.train()
+        while self.state.step < self.record.total_steps:
+            self.train_epoch()
+        self.progress.close()
+        return self.finish()
+
+    def _start_epoch(self) -> bool:
+        """Set the loader's epoch; restore a mid-epoch position once after a resume."""
+        self.loader.set_epoch(self.state.epoch)
+        saved, self.loader_state = self.loader_state, None
+        if saved is None:
+            return False
+        self.loader.num_corrupt = int(saved["hub_cutinit"]["num_corrupt"])  # this process
+        # a position saved in an earlier epoch (an epoch-end checkpoint) is not resumed
+        if saved["hub_cutinit"]["epoch"] == self.state.epoch:
+            self.loader.load_state_dict(saved)
+            return True
+        return False
+
+    def train_epoch(self) -> None:
+        """Steps until the stream ends or the run does, then the end-of-epoch work."""
+        state, acc, cfg = self.state, self.accelerator, self.cfg
+        resumed_mid_epoch, first_step = self._start_epoch(), state.step
+        batches, exhausted = iter(self.loader), False
+        while state.step < self.record.total_steps:
+            step_started = time.perf_counter()
+            batch = next(batches, None)
+            if not _all_true(batch is not None, acc.device):
+                exhausted = True  # some process has no full batch left: the epoch ends for all
+                break
+            try:
+                result = self.training_step(batch["views"])
+            except NonFiniteLossError as err:
+                raise self._nonfinite(err) from None
+            state.train_seconds += time.perf_counter() - step_started
+            if result.synced:
+                self.after_step()
+        if exhausted and not resumed_mid_epoch and state.step == first_step:
+            raise ValueError(
+                f"Epoch {state.epoch} of {cfg.dataset!r} gave no full batch of {cfg.batch_size} "
+                f"images per process ({data_lib.corrupt_count(self.loader)} corrupt images "
+                "skipped so far): lower --batch-size or fix the dataset."
+            )
+        self.end_epoch(exhausted)
+
+    def after_step(self) -> None:
+        """Progress bar, step-cadence evaluation and checkpoints."""
+        step, cfg, log = self.state.step, self.cfg, self.last_log
+        self.progress.update(1)
+        if self._monitored(step):
+            postfix = {"loss": f"{log['loss']:.4f}", "img_s": f"{log['images_per_s']:.0f}"}
+            postfix.update({f"|{k[:4]}|": f"{log[f'norm/{k}']:.3g}" for k in self._names})
+            postfix.update(
+                {f"∠{k.split('/')[-1][:4]}": f"{v:.2g}" for k, v in log.items() if "/angle/" in k}
+            )
+            self.progress.set_postfix(postfix)
+            self._window = (time.perf_counter(), 0)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            self.evaluate()
+        if (
+            cfg.checkpoint_every
+            and step % cfg.checkpoint_every == 0
+            and step < self.record.total_steps
+        ):
+            self.checkpoint()
+
+    def end_epoch(self, exhausted: bool) -> None:
+        """Count corrupt images, record the epoch's norms, evaluate and checkpoint."""
+        state, acc, rec = self.state, self.accelerator, self.record
+        corrupt = torch.tensor(float(data_lib.corrupt_count(self.loader)), device=acc.device)
+        state.corrupt_images = int(acc.reduce(corrupt, reduction="sum").item())
+        done = state.step >= rec.total_steps
+        # training may stop exactly at an epoch's last batch, before the stream reports its end
+        epoch_end = exhausted or bool(
+            rec.steps_per_epoch and done and state.step % rec.steps_per_epoch == 0
+        )
+        if epoch_end:
+            state.epoch += 1
+        if epoch_end or done:
+            # records carry the number of completed epochs, like the kNN records
+            summary = self.epoch_norms.reduce_across_processes(inplace=False).summary()
+            self.history.append(summary, epoch=state.epoch, step=state.step, **self._epoch_angles())
+            self.epoch_norms.reset()
+        if not self.cfg.eval_every and epoch_end and self._eval_epoch(state.epoch):
+            self.evaluate()
+        if not self.cfg.checkpoint_every or done:
+            self.checkpoint()
+
+    def _eval_epoch(self, epoch: int) -> bool:
+        every = self.cfg.eval_every_epochs
+        return bool(every) and epoch % every == 0
+
+    def _epoch_angles(self) -> dict[str, Any]:
+        """Mean convergence statistics of the epoch's monitored steps (for the norm history)."""
+        last = self.history.records[-1]["step"] if len(self.history) else 0
+        rows = [r for r in self.state.convergence if r["step"] > last]
+        keys = sorted({k for r in rows for k in r if k.startswith(("angle/", "norm/"))})
+        if not rows:
+            return {}
+        return {
+            "convergence": {
+                k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys
+            }
+        }
+
+    # -- evaluation, checkpoints ----------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_knn(self, backbone: torch.nn.Module, *, probe: bool = False) -> dict[str, Any]:
+        """Weighted kNN (and optionally a linear probe) on l2-normalised backbone features."""
+        bank_loader, test_loader = self.eval_sets
+        device = self.accelerator.device
+        train_feats, train_labels = extract_features(backbone, bank_loader, device=device)
+        test_feats, test_labels = extract_features(backbone, test_loader, device=device)
+        result: dict[str, Any] = {
+            "knn_accuracy": knn_accuracy(
+                train_feats,
+                train_labels,
+                test_feats,
+                test_labels,
+                k=self.cfg.knn_k,
+                temperature=self.cfg.knn_temperature,
+            ),
+            "eval_train_samples": int(train_labels.numel()),
+            "eval_test_samples": int(test_labels.numel()),
+        }
+        if probe:
+            result["linear_probe_accuracy"] = linear_probe(
+                train_feats, train_labels, test_feats, test_labels
+            )
+        return result
+
+    def run_baselines(self) -> None:
+        """PAPER §8: the same kNN protocol at random initialisation and on raw pixels (step 0)."""
+        acc = self.accelerator
+        if self.eval_sets is None or not self.cfg.baselines or self.state.step != 0:
+            return
+        if acc.is_main_process:
+            self.state.baselines = {
+                "random_init_knn": self.evaluate_knn(self.raw_model.backbone)["knn_accuracy"],
+                "raw_pixels_knn": self.evaluate_knn(torch.nn.Flatten())["knn_accuracy"],
+            }
+            acc.print(f"baselines (kNN): {self.state.baselines}")
+        acc.wait_for_everyone()
+
+    def evaluate(self, probe: bool = False) -> dict[str, Any] | None:
+        """The kNN monitor on the main process; every process waits for it."""
+        acc, state = self.accelerator, self.state
+        if self.eval_sets is None:
+            return None
+        result = None
+        state.last_eval_step = state.step  # on every process, so they agree on what runs
+        if acc.is_main_process:
+            result = self.evaluate_knn(self.raw_model.backbone, probe=probe)
+            result.update(step=state.step, epoch=state.epoch)
+            state.knn.append(result)
+            acc.print(f"step {state.step}: kNN accuracy {result['knn_accuracy']:.4f}")
+            acc.log({"knn_accuracy": result["knn_accuracy"]}, step=state.step)
+        acc.wait_for_everyone()
+        return result
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What ``trainer_state.json`` holds (a collective: every process calls it)."""
+        reduced = self.epoch_norms.reduce_across_processes(inplace=False)
+        return {
+            **self.state.to_dict(),
+            "history": self.history.state_dict(),
+            "epoch_norms": reduced.to_dict(),
+            "config": self.cfg.to_dict(),
+            "run": self.record.to_dict(),
+        }
+
+    def checkpoint(self) -> None:
+        """An atomic checkpoint of everything a resume needs."""
+        self.last_ckpt = save_checkpoint(
+            self.accelerator,
+            self.cfg.output_dir,
+            self.state.step,
+            self.checkpoint_state(),
+            self.loader.state_dict(),
+        )
+
+    def _nonfinite(self, err: NonFiniteLossError) -> NonFiniteLossError:
+        """The error to raise; the checkpoint holding the bad weights is set aside first."""
+        acc, step = self.accelerator, self.state.step
+        set_aside = None
+        if self.last_ckpt is not None and self.last_ckpt.name == f"step_{step:08d}":
+            # it holds the weights this loss came from: --resume must not pick it up again
+            set_aside = self.last_ckpt.with_name(f".nonfinite-{self.last_ckpt.name}")
+            if acc.is_main_process:
+                shutil.rmtree(set_aside, ignore_errors=True)
+                os.replace(self.last_ckpt, set_aside)
+            acc.wait_for_everyone()
+            self.last_ckpt = latest_checkpoint(self.cfg.output_dir)
+        message = _nonfinite_message(
+            step + 1,
+            float(err.args[0]),
+            self.optimizer.param_groups[0]["lr"],
+            self.record.c,
+            self.last_ckpt,
+        )
+        if set_aside:
+            message += f" Step {step}'s checkpoint was moved to {set_aside}."
+        return NonFiniteLossError(message)
+
+    # -- the end ----------------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """Final evaluation, the run summary, save in timm's format, optional push."""
+        cfg, acc, state = self.cfg, self.accelerator, self.state
+        final_eval = None
+        if self.eval_sets is not None and (cfg.linear_probe or state.last_eval_step != state.step):
+            final_eval = self.evaluate(probe=cfg.linear_probe)
+        result = self.summary(final_eval)
+        if acc.is_main_process:
+            from hub_cutinit.hub import save_pretrained
+
+            save_pretrained(self.raw_model, cfg.output_dir, training_info=result)
+            if cfg.push_to_hub:
+                from hub_cutinit.hub import push_to_hub
+
+                push_to_hub(cfg.output_dir, cfg.push_to_hub, private=cfg.hub_private)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return result
+
+    def summary(self, final_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run record plus what happened: the dict ``train`` returns and config.json keeps."""
+        state, cfg = self.state, self.cfg
+        return {
+            **self.record.to_dict(),
+            "output_dir": cfg.output_dir,
+            "steps": state.step,
+            "epochs": state.epoch,  # completed passes over the data
+            "images_seen": state.images_seen,
+            "corrupt_images": state.corrupt_images,
+            "wall_time_s": time.perf_counter() - self.started,
+            "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
+            "baselines": state.baselines,
+            "data_config": {
+                "input_size": [3, cfg.image_size, cfg.image_size],
+                "crop_pct": 1.0,
+                "interpolation": "bilinear",
+                "mean": list(data_lib.IMAGENET_MEAN),
+                "std": list(data_lib.IMAGENET_STD),
+            },
+            "norm_history": self.history.state_dict(),
+            "final_norms": self.history.records[-1] if len(self.history) else {},
+            "convergence": state.convergence,
+            "knn": state.knn,
+            "knn_accuracy": state.knn[-1]["knn_accuracy"] if state.knn else None,
+            "linear_probe_accuracy": (final_eval or {}).get("linear_probe_accuracy"),
+            "last_step": self.last_log,
+        }
