@@ -134,7 +134,9 @@ def test_save_writes_timm_config_and_safetensors_only(saved) -> None:
     from timm.models._pretrained import PretrainedCfg
 
     model, out = saved
-    assert sorted(p.name for p in out.iterdir()) == sorted(MANAGED_FILES)
+    # no convergence-monitor readings in TRAINING_INFO: no convergence.png
+    expected = set(MANAGED_FILES) - {"convergence.png"}
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "test_resnet"
     assert config["num_classes"] == 0
@@ -389,7 +391,7 @@ def test_push_then_timm_hf_hub_gives_identical_features(fake_hub, saved) -> None
     url = push_to_hub(out, repo, base_delay=0.01)
     commit = fake_hub.commits(repo)[-1]
     assert url.endswith(f"/{repo}/commit/{commit.oid}")
-    assert set(fake_hub.files(repo)) == {".gitattributes", *MANAGED_FILES}
+    assert set(fake_hub.files(repo)) == {".gitattributes", *MANAGED_FILES} - {"convergence.png"}
     assert f'hf-hub:{repo}"' in fake_hub.files(repo)["README.md"].decode()
     assert digest(out) == before  # the local card keeps its placeholder
     backbone = timm.create_model(f"hf-hub:{repo}", pretrained=True).eval()

@@ -202,3 +202,47 @@ def test_trainer_steps_without_data_for_benchmarks() -> None:
     assert result.synced and trainer.state.step == 1
     assert result.log["convergence/angle/projection"] > 0
     assert trainer.record.total_steps == 10 and trainer.record.warmup_steps == 1
+
+
+FORMAT1 = Path(__file__).parent / "data" / "format1_byol"
+
+
+def test_a_format_1_save_still_loads_and_renders(tmp_path: Path) -> None:
+    """A save written by hub_cutinit 0.1.0 (format 1: training defaults inside hparams)."""
+    import shutil
+
+    import timm
+
+    from hub_cutinit.hub import load_ssl_model
+    from hub_cutinit.hub.card import render_model_card
+
+    block = json.loads((FORMAT1 / "config.json").read_text())["hub_cutinit"]
+    assert block["format_version"] == 1 and block["hparams"]["optimizer"] == "sgd"
+    model = load_ssl_model(FORMAT1)
+    assert model.method == "byol" and model.cut_factor == 9.0
+    backbone = timm.create_model(f"local-dir:{FORMAT1}", pretrained=True).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images), model.backbone(images), rtol=0, atol=0)
+    copy = tmp_path / "format1"
+    shutil.copytree(FORMAT1, copy)
+    card = render_model_card(copy).read_text()
+    # the run record of format 1 (training.optimizer) wins over the stale hparams default
+    assert "| optimizer | adamw |" in card and "| weight decay λ | 0.001 |" in card
+
+
+def test_the_card_plots_the_convergence_monitor(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    argv = [*TINY, *BYOL_HEADS, "--max-steps", "3", "--log-every", "1", "--output-dir", str(out)]
+    result = main("byol", argv)
+    readings = result["convergence"]
+    assert [r["step"] for r in readings] == [1, 2, 3]
+    assert all(r["angle/projection"] > 0 and r["norm/projection"] > 0 for r in readings)
+    block = json.loads((out / "config.json").read_text())["hub_cutinit"]
+    assert block["format_version"] == 2
+    assert block["training"]["convergence"] == readings
+    assert "convergence" in block["norm_history"][-1]  # the epoch's mean angle sits beside ‖z‖
+    assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![Angle per step, norm and learning rate](convergence.png)" in (
+        out / "README.md"
+    ).read_text()

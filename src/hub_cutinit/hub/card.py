@@ -23,6 +23,7 @@ from typing import Any
 from hub_cutinit.hub.format import (
     BLOCK_KEY,
     CARD_NAME,
+    CONVERGENCE_PLOT_NAME,
     FORMAT_VERSION,
     PLOT_NAME,
     read_config,
@@ -187,6 +188,16 @@ def _schedule_rows(
     return rows
 
 
+def _eval_note(source: Any) -> str:
+    """The card's text when a run recorded no evaluation, e.g. on unlabelled data."""
+    if not source or not str(source).startswith("no evaluation"):
+        return "No evaluation results were recorded for this checkpoint."
+    return (
+        f"{str(source)[0].upper()}{str(source)[1:]}: this run trained without kNN evaluation. "
+        "Add a labelled evaluation set with `--eval-dataset SPEC` (e.g. `--eval-dataset builtin`)."
+    )
+
+
 def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
     block = config[BLOCK_KEY]
     method = str(block.get("method"))
@@ -220,6 +231,8 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         rows.append(("GradScale power p", format_number(hparams["grad_scale_power"])))
     if dataset_text:
         rows.append(("dataset", dataset_text))
+    if training.get("eval_source"):
+        rows.append(("evaluation data", str(training["eval_source"])))
     for key, label in (
         ("image_size", "image size"),
         ("epochs", "epochs"),
@@ -304,6 +317,7 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "training_rows": rows,
         "norm_rows": _norm_rows(dict(block.get("norms") or {})),
         "eval_rows": eval_rows,
+        "eval_note": _eval_note(training.get("eval_source")),
         "scale_note": scale_note,
         "has_teacher": has_teacher,
         "heads_description": heads_description,
@@ -313,8 +327,27 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     }
 
 
+def plot_convergence(
+    records: list[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path | None:
+    """The convergence monitor's readings (angle per step, ‖z‖, lr against step) as a PNG.
+
+    Returns ``None`` (writing nothing) when no step was monitored.
+    """
+    if not any(k.startswith("angle/") for r in records for k in r):
+        return None
+    from hub_cutinit.monitor import angle_norm_figure
+    from hub_cutinit.plotting import save_figure
+
+    return save_figure(angle_norm_figure(records), path, title=title)
+
+
 def build_card(
-    config: Mapping[str, Any], *, repo_id: str | None = None, plot_file: str | None = None
+    config: Mapping[str, Any],
+    *,
+    repo_id: str | None = None,
+    plot_file: str | None = None,
+    convergence_plot_file: str | None = None,
 ):
     """The :class:`huggingface_hub.ModelCard` for a saved model's ``config.json`` dict."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -354,7 +387,11 @@ def build_card(
         eval_results=eval_results or None,
     )
     card = ModelCard.from_template(
-        card_data, template_str=load_template(), plot_file=plot_file, **variables
+        card_data,
+        template_str=load_template(),
+        plot_file=plot_file,
+        convergence_plot_file=convergence_plot_file,
+        **variables,
     )
     # the template's optional sections leave runs of blank lines: collapse them
     return ModelCard(re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n")
@@ -380,5 +417,17 @@ def render_model_card(out_dir: str | os.PathLike[str], *, repo_id: str | None = 
     )
     if plot is None:
         (out_dir / PLOT_NAME).unlink(missing_ok=True)
-    card = build_card(config, repo_id=repo_id, plot_file=PLOT_NAME if plot else None)
+    convergence = plot_convergence(
+        list((block.get("training") or {}).get("convergence") or []),
+        out_dir / CONVERGENCE_PLOT_NAME,
+        title=title,
+    )
+    if convergence is None:
+        (out_dir / CONVERGENCE_PLOT_NAME).unlink(missing_ok=True)
+    card = build_card(
+        config,
+        repo_id=repo_id,
+        plot_file=PLOT_NAME if plot else None,
+        convergence_plot_file=CONVERGENCE_PLOT_NAME if convergence else None,
+    )
     return write_text_atomic(out_dir / CARD_NAME, str(card))

@@ -36,6 +36,7 @@ __all__ = [
     "HEADS_WEIGHTS_NAME",
     "CARD_NAME",
     "PLOT_NAME",
+    "CONVERGENCE_PLOT_NAME",
     "LOAD_FILES",
     "MANAGED_FILES",
     "KNOWN_BLOCK_KEYS",
@@ -47,7 +48,10 @@ __all__ = [
 ]
 
 #: Version of the ``hub_cutinit`` block; bump it when its meaning changes.
-FORMAT_VERSION = 1
+#: 2: ``training`` holds the run record (every resolved hyper-parameter, the schedule, the
+#: convergence monitor's readings) and ``hparams`` only the model's; 1: the method's training
+#: defaults also sat in ``hparams`` (and could contradict the run). Both load.
+FORMAT_VERSION = 2
 #: Key of the block in ``config.json`` (timm keeps unknown top-level keys and ignores them).
 BLOCK_KEY = "hub_cutinit"
 CONFIG_NAME = "config.json"
@@ -55,12 +59,13 @@ BACKBONE_WEIGHTS_NAME = "model.safetensors"
 HEADS_WEIGHTS_NAME = "ssl_heads.safetensors"
 CARD_NAME = "README.md"
 PLOT_NAME = "norms.png"
+CONVERGENCE_PLOT_NAME = "convergence.png"
 #: The only files :func:`hub_cutinit.hub.load_ssl_model` reads (no pickle, no code).
 LOAD_FILES = (CONFIG_NAME, BACKBONE_WEIGHTS_NAME, HEADS_WEIGHTS_NAME)
 #: Every file save_pretrained writes (and the only ones push_to_hub uploads).
-MANAGED_FILES = (*LOAD_FILES, CARD_NAME, PLOT_NAME)
+MANAGED_FILES = (*LOAD_FILES, CARD_NAME, PLOT_NAME, CONVERGENCE_PLOT_NAME)
 
-#: Fields of the block written by this version (format 1).
+#: Fields of the block written by this version (formats 1 and 2).
 KNOWN_BLOCK_KEYS = frozenset(
     {
         "format_version",

@@ -217,6 +217,8 @@ def _normalise_history(history: Any) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"epoch": entry.pop("epoch", i + 1)}
         if "step" in entry:
             row["step"] = entry.pop("step")
+        if isinstance(entry.get("convergence"), Mapping):  # the epoch's mean angle per step
+            row["convergence"] = dict(entry.pop("convergence"))
         norms = entry.pop("norms", entry)
         row["norms"] = {
             str(name): dict(stats) if isinstance(stats, Mapping) else {"mean": stats}
