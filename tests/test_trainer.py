@@ -243,6 +243,7 @@ def test_the_card_plots_the_convergence_monitor(tmp_path: Path) -> None:
     assert block["training"]["convergence"] == readings
     assert "convergence" in block["norm_history"][-1]  # the epoch's mean angle sits beside ‖z‖
     assert (out / "convergence.png").read_bytes()[:4] == b"\x89PNG"
-    assert "![Angle per step, norm and learning rate](convergence.png)" in (
-        out / "README.md"
-    ).read_text()
+    assert (
+        "![Angle per step, norm and learning rate](convergence.png)"
+        in (out / "README.md").read_text()
+    )

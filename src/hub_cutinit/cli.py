@@ -28,6 +28,7 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_cutinit.hub",
     "hub_cutinit.experiments.norm_confidence",
     "hub_cutinit.train",
+    "hub_cutinit.inspect_norms",
 )
 
 

@@ -16,7 +16,8 @@ One path for every source (built-in Fashion-MNIST subset, local folder or files,
             ...                         # saved = loader.state_dict(): per rank, resumes exactly
 
 The training loop uses the one-call builders of :mod:`hub_cutinit.data.pipeline`
-(``build_train_stream``, ``build_eval_loaders``, ``count_examples``, ``corrupt_count``). See
+(``build_train_stream``, ``plan_evaluation`` — which evaluation the data allows: a test split,
+a held-out slice, or none for unlabelled images —, ``count_examples``, ``corrupt_count``). See
 :mod:`hub_cutinit.data.resolve`, :mod:`hub_cutinit.data.transforms` and
 :mod:`hub_cutinit.data.stream` for the details.
 
@@ -27,10 +28,20 @@ Example:
 """
 
 from hub_cutinit.data.pipeline import (
+    DATASET_KINDS,
+    EvalPlan,
+    HeldOut,
+    UndecodableImagesError,
+    accepted_datasets,
     build_eval_loaders,
     build_train_stream,
+    check_dataset_spec,
+    check_decodable,
     corrupt_count,
     count_examples,
+    dataset_label,
+    default_num_workers,
+    plan_evaluation,
 )
 from hub_cutinit.data.resolve import (
     BUILTIN_NAMES,
@@ -61,6 +72,16 @@ from hub_cutinit.data.transforms import (
 
 __all__ = [
     "BUILTIN_NAMES",
+    "DATASET_KINDS",
+    "EvalPlan",
+    "HeldOut",
+    "UndecodableImagesError",
+    "accepted_datasets",
+    "check_dataset_spec",
+    "check_decodable",
+    "dataset_label",
+    "default_num_workers",
+    "plan_evaluation",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "EvalTransform",

@@ -21,7 +21,11 @@
 - **lazy decode, corrupt images**: images are decoded only when yielded. An image that fails
   to decode (or to convert to RGB) is skipped; the number skipped since the previous yielded
   sample of the same worker rides along as ``sample["num_corrupt"]``, so the count crosses
-  process boundaries inside the batches (see :class:`SSLDataLoader`).
+  process boundaries inside the batches (see :class:`SSLDataLoader`);
+- **network errors are not corrupt images**: an HTTP / connection error that survives the
+  clients' own retries (``huggingface_hub`` retries 5xx, ``datasets`` retries disconnects),
+  while reading a shard or fetching a remote image, raises :class:`StreamReadError` naming the
+  dataset and the file; the epoch never ends silently short.
 
 Samples are dicts: ``views`` (list of tensors; ``image`` when the transform returns one tensor),
 ``label`` (int, -1 when unlabelled or missing), ``id`` (when the dataset has an id column) and
@@ -41,6 +45,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -111,6 +116,47 @@ def decode_image(value: Any) -> Image.Image:
     if arr.ndim not in (2, 3):
         raise ValueError(f"cannot make an image of an array of shape {arr.shape}")
     return Image.fromarray(arr)
+
+
+_NETWORK_MODULES = frozenset({"httpx", "httpx2", "aiohttp", "requests", "urllib3"})
+_REMOTE_FILE_RE = re.compile(
+    r"/(?:datasets/)?([^/\s'\"]+/[^/\s'\"]+)/resolve/[^/\s'\"]+/([^\s'\"?]+)"
+)
+
+
+class StreamReadError(ConnectionError):
+    """Reading the data failed (network / server error after the clients' retries).
+
+    The message names the dataset and the file; the stream stops instead of skipping data.
+    """
+
+
+def _is_network_error(err: BaseException) -> bool:
+    """An HTTP or connection error (from ``huggingface_hub``, ``httpx``, ``aiohttp`` ...)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for e in (err, err.__cause__, err.__context__):
+        if e is None:
+            continue
+        if isinstance(e, (HfHubHTTPError, ConnectionError, TimeoutError)):
+            return True
+        if any(c.__module__.split(".")[0] in _NETWORK_MODULES for c in type(e).__mro__[:-2]):
+            return True
+    return False
+
+
+def _read_error(err: BaseException, dataset: datasets.IterableDataset) -> StreamReadError:
+    """A :class:`StreamReadError` naming the dataset and file (from the failing URL if any)."""
+    text = f"{err} {err.__cause__ or ''}"
+    match = _REMOTE_FILE_RE.search(text)
+    name = match.group(1) if match else (dataset.info.dataset_name or "the dataset")
+    where = f"file {match.group(2)!r}" if match else "a data file"
+    return StreamReadError(
+        f"reading dataset {name!r} failed at {where} after the client's retries "
+        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). The stream "
+        "stops here rather than ending the epoch short; check the connection / the Hub status "
+        "and rerun (with --resume, training continues from the last checkpoint)."
+    )
 
 
 def _worker() -> tuple[int, int]:
@@ -243,7 +289,9 @@ class SSLImageStream(torch.utils.data.IterableDataset):
     def _sample(self, example: dict[str, Any], key: list[int]) -> dict[str, Any] | None:
         try:
             image = to_rgb(decode_image(example[self.image_column]))
-        except Exception as err:  # any decoding failure is a corrupt image
+        except Exception as err:  # any decoding failure is a corrupt image ...
+            if _is_network_error(err):  # ... but a remote image that cannot be fetched is not
+                raise _read_error(err, self.dataset) from err
             logger.debug("skipping an undecodable image: %r", err)
             self._last_error = err
             return None
@@ -279,7 +327,12 @@ class SSLImageStream(torch.utils.data.IterableDataset):
         examples = iter(self.dataset)
         skipped, yielded_any = 0, start is not None
         while True:
-            items = list(islice(examples, self.block_size))
+            try:
+                items = list(islice(examples, self.block_size))
+            except Exception as err:
+                if _is_network_error(err):
+                    raise _read_error(err, self.dataset) from err
+                raise
             if not items:
                 break
             order = np.arange(len(items))

@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -55,22 +56,29 @@ class StudyConfig:
     methods: Sequence[str] = ("simclr", "simsiam", "byol")
     seeds: Sequence[int] = (0, 1, 2)
     variants: Sequence[str] = VARIANTS
+    #: a ResNet-18 at 1/4 width with a 4×4 final map at 32 px (dilated last stages), 5,000
+    #: images, 8 epochs: what a 2-core CPU trains 27 times in ~90 minutes
     backbone: str = "resnet18"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"channels": [16, 32, 64, 128], "output_stride": 8}
+    )
     heads: str = "cpu"
     image_size: int = 32
     dataset: str = "builtin"
-    epochs: int = 20
+    #: train on the first N training images (the kNN bank is the same N); None: all of them
+    max_train_examples: int | None = 5000
+    epochs: int = 8
     max_steps: int | None = None
-    batch_size: int = 128
-    warmup_epochs: float = 2.0
-    cosine_epochs: float | None = 200.0
+    batch_size: int = 64
+    warmup_epochs: float = 1.0
+    #: ten times the run: the run is the nearly-constant-lr start of a long schedule (PAPER §9)
+    cosine_epochs: float | None = 80.0
     weight_decay: float = 5e-4
     #: peak lr per method: the paper's effective values (PAPER §9: base² from its LambdaLR)
     lrs: dict[str, float] = field(
         default_factory=lambda: {"simclr": 0.36, "moco": 0.36, "simsiam": 0.04, "byol": 0.04}
     )
-    eval_every_epochs: int = 2
+    eval_every_epochs: int = 1
     knn_k: int = 200
     threads: int = 1
     out_dir: str = "recipes/results/convergence"
@@ -89,10 +97,24 @@ def _cut_factor(method: str) -> float:
     return float(get_method_defaults(method)["c"])
 
 
+def training_dataset(cfg: StudyConfig) -> str:
+    """``cfg.dataset``, or a local copy of its first ``max_train_examples`` training images."""
+    if cfg.max_train_examples is None:
+        return cfg.dataset
+    from hub_cutinit.experiments.sweep import SweepConfig, subset_dataset
+
+    sweep = SweepConfig(
+        dataset=cfg.dataset,
+        max_train_examples=cfg.max_train_examples,
+        runs_dir=str(cfg.runs_path()),
+    )
+    return subset_dataset(sweep)
+
+
 def train_argv(cfg: StudyConfig, method: str, variant: str, seed: int, out: Path) -> list[str]:
     """The recipe flags of one run (what ``recipes/<method>.py`` would be given)."""
     c = _cut_factor(method)
-    argv = ["--backbone", cfg.backbone, "--dataset", cfg.dataset]
+    argv = ["--backbone", cfg.backbone, "--dataset", training_dataset(cfg)]
     argv += ["--image-size", str(cfg.image_size), "--batch-size", str(cfg.batch_size)]
     argv += ["--epochs", str(cfg.epochs), "--warmup-epochs", str(cfg.warmup_epochs)]
     if cfg.max_steps:
@@ -117,14 +139,39 @@ def train_argv(cfg: StudyConfig, method: str, variant: str, seed: int, out: Path
     return argv
 
 
-def run_one(cfg: StudyConfig, method: str, variant: str, seed: int) -> dict[str, Any]:
-    """Train one run (or read its finished ``result.json``)."""
+def _claim(run_dir: Path) -> bool:
+    """Take ``run_dir`` for this process (several study processes share one queue).
+
+    A claim is a ``.claim`` file holding the owner's PID; the claim of a process that no longer
+    runs is taken over (its run resumes from its last checkpoint).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = run_dir / ".claim"
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = int(claim.read_text() or 0)
+            os.kill(owner, 0)
+            return owner == os.getpid()
+        except (ValueError, ProcessLookupError):
+            claim.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def run_one(cfg: StudyConfig, method: str, variant: str, seed: int) -> dict[str, Any] | None:
+    """Train one run, or read its finished ``result.json``; ``None`` if another process has it."""
     from hub_cutinit.training import parse_args, train
 
     run_dir = cfg.runs_path() / f"{method}_{variant}_seed{seed}"
     done = run_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if not _claim(run_dir):
+        return None
     argv = train_argv(cfg, method, variant, seed, run_dir / "model")
     started = time.perf_counter()
     result = train(parse_args(method, [*argv, "--resume"]))
@@ -145,12 +192,23 @@ def run_study(cfg: StudyConfig) -> list[dict[str, Any]]:
     import torch
 
     torch.set_num_threads(cfg.threads)
+    for seed in cfg.seeds:
+        for method in cfg.methods:
+            for variant in cfg.variants:
+                if run_one(cfg, method, variant, seed) is not None:
+                    write_outputs(cfg, finished_runs(cfg))
+    return finished_runs(cfg)
+
+
+def finished_runs(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Every finished run of the study's grid (by any process), in grid order."""
     payloads = []
     for seed in cfg.seeds:
         for method in cfg.methods:
             for variant in cfg.variants:
-                payloads.append(run_one(cfg, method, variant, seed))
-                write_outputs(cfg, payloads)
+                done = cfg.runs_path() / f"{method}_{variant}_seed{seed}" / "result.json"
+                if done.is_file():
+                    payloads.append(json.loads(done.read_text()))
     return payloads
 
 
@@ -401,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", default=d.heads, help="the methods' head preset: paper, cpu or tiny")
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--dataset", default=d.dataset)
+    p.add_argument(
+        "--max-train-examples",
+        type=lambda v: None if v == "all" else int(v),
+        default=d.max_train_examples,
+        help="train on the first N images ('all': every one)",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -6,6 +6,11 @@ Each checkpoint is written under ``OUT/checkpoints/.tmp-step_XXXXXXXX`` by every
 ``os.replace``. :func:`latest_checkpoint` only sees renamed directories that hold
 ``trainer_state.json``, so a run killed mid-write resumes from the previous checkpoint.
 
+``trainer_state.json`` records ``num_processes``, the number of processes that wrote the
+checkpoint. The data positions (``loader_rank{i}.pt``) only make sense for the same number of
+processes and data workers: :func:`load_checkpoint` returns ``None`` for the loader state
+otherwise, and the trainer restarts the current epoch's stream (and says so).
+
 Example:
     >>> import tempfile
     >>> latest_checkpoint(tempfile.mkdtemp()) is None
@@ -25,7 +30,14 @@ import torch
 
 from hub_cutinit.atomic import apply_umask, write_json_atomic
 
-__all__ = ["latest_checkpoint", "save_checkpoint", "load_checkpoint", "CHECKPOINTS"]
+__all__ = [
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_layout",
+    "saved_loader_epoch",
+    "CHECKPOINTS",
+]
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -75,7 +87,8 @@ def save_checkpoint(
     torch.save(loader_state, tmp / f"loader_rank{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, {**trainer_state, "step": step}, default=None)
+        state = {**trainer_state, "step": step, "num_processes": accelerator.num_processes}
+        write_json_atomic(tmp / STATE_FILE, state, default=None)
         if final.exists():
             shutil.rmtree(final)
         apply_umask(tmp)  # accelerate writes its files 0600: make them a normal file's mode
@@ -88,15 +101,47 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator: Any, checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore model/optimiser/RNG state; return ``(trainer_state, this rank's loader state)``."""
+def checkpoint_layout(checkpoint: Path, trainer_state: dict[str, Any]) -> tuple[int, int | None]:
+    """``(processes, data workers per process)`` that wrote ``checkpoint`` (workers: ``None``
+    when not recorded). Older checkpoints without ``num_processes``: the ``loader_rank*.pt``
+    files are counted."""
+    processes = trainer_state.get("num_processes")
+    if processes is None:
+        processes = len(list(Path(checkpoint).glob("loader_rank*.pt")))
+    workers = (trainer_state.get("run") or {}).get("num_workers")
+    return int(processes), None if workers is None else int(workers)
+
+
+def saved_loader_epoch(checkpoint: Path) -> int | None:
+    """The epoch of the data position saved in ``checkpoint`` (process 0's), if any."""
+    path = Path(checkpoint) / "loader_rank0.pt"
+    if not path.is_file():
+        return None
+    return int(torch.load(path, weights_only=True)["hub_cutinit"]["epoch"])
+
+
+def load_checkpoint(
+    accelerator: Any, checkpoint: Path, *, num_workers: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Restore model/optimiser/RNG state; return ``(trainer_state, this rank's loader state)``.
+
+    The loader state is ``None`` when the checkpoint was written by another number of
+    processes (or, when ``num_workers`` is given and recorded, of data workers): its data
+    positions belong to another sharding. Model, optimiser and step are restored either way.
+    """
     accelerator.load_state(str(checkpoint))
     with open(checkpoint / STATE_FILE) as f:
         trainer_state = json.load(f)
+    processes, workers = checkpoint_layout(checkpoint, trainer_state)
+    if processes != accelerator.num_processes or (
+        num_workers is not None and workers is not None and workers != num_workers
+    ):
+        return trainer_state, None
     loader_file = checkpoint / f"loader_rank{accelerator.process_index}.pt"
     if not loader_file.is_file():
         raise ValueError(
-            f"{checkpoint} has no data position for process {accelerator.process_index}; resume "
-            "with the same number of processes that wrote it."
+            f"{checkpoint} is incomplete: it has no data position for process "
+            f"{accelerator.process_index} of {processes}; resume from an earlier checkpoint "
+            "(delete this one)."
         )
     return trainer_state, torch.load(loader_file, weights_only=True)

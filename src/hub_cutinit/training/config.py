@@ -32,6 +32,11 @@ class TrainConfig:
     eval_split: str | None = "test"
     image_column: str | None = None
     label_column: str | None = None
+    eval_dataset: str | None = None
+    eval_bank_split: str | None = None
+    eval_image_column: str | None = None
+    eval_label_column: str | None = None
+    eval_held_out: float = 0.1
     c: float | None = None
     weight_decay: float | None = None
     lr: float | None = None
@@ -52,7 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
     mixed_precision: str = "no"
-    num_workers: int = 0
+    num_workers: int | None = None
     shuffle_buffer: int = 1000
     log_with: str | None = None
     log_every: int = 10
@@ -95,7 +100,7 @@ class TrainConfig:
                     f"--{name.replace('_', '-')} must be a positive integer, got {value!r}."
                 )
         for name in ("eval_every", "eval_every_epochs", "checkpoint_every", "num_workers"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}."
                 )
@@ -107,6 +112,10 @@ class TrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}."
                 )
+        if not 0 < self.eval_held_out < 1:
+            raise ValueError(
+                f"--eval-held-out must be a fraction in (0, 1), got {self.eval_held_out!r}."
+            )
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"--seed must be an integer in [0, 2**32), got {self.seed!r}.")
         if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
@@ -210,22 +219,73 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     if method is None:
         p.add_argument("--method", required=True, choices=list_methods())
     d = TrainConfig.__dataclass_fields__
-    p.add_argument("--backbone", default=d["backbone"].default, help="any timm model name")
+    p.add_argument(
+        "--backbone", default=d["backbone"].default, metavar="NAME", help="any timm model name"
+    )
     p.add_argument(
         "--dataset",
         default="builtin",
-        help="'builtin' (Fashion-MNIST subset shipped with the package), a Hub dataset id, "
-        "a local image folder or a folder/glob of parquet or arrow files",
+        metavar="SPEC",
+        help="'builtin' (Fashion-MNIST subset shipped with the package), a Hub dataset id "
+        "(user/name), a local image folder (labels optional) or a folder/glob of parquet or "
+        "arrow files",
     )
-    p.add_argument("--train-split", default="train")
+    p.add_argument("--train-split", default="train", metavar="NAME", help="split to train on")
     p.add_argument(
-        "--eval-split", default="test", help="labelled split for the kNN monitor; 'none' to skip"
+        "--eval-split",
+        default="test",
+        metavar="NAME",
+        help="labelled split the kNN monitor tests on; 'none' to skip. When the default 'test' "
+        "is missing, a held-out slice of the training split (--eval-held-out) is used; "
+        "unlabelled data trains without evaluation",
     )
-    p.add_argument("--image-column", default=None)
-    p.add_argument("--label-column", default=None)
+    p.add_argument(
+        "--eval-dataset",
+        default=None,
+        metavar="SPEC",
+        help="a separate labelled dataset for the kNN monitor (any --dataset spec, e.g. "
+        "builtin); default: the training data",
+    )
+    p.add_argument(
+        "--eval-bank-split",
+        default=None,
+        metavar="NAME",
+        help="split of the evaluation data used as the kNN bank (default: --train-split for "
+        "the training data, 'train' for --eval-dataset)",
+    )
+    p.add_argument(
+        "--eval-held-out",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="fraction of the training split held out (and not trained on) for the kNN test "
+        "when the data has labels but no 'test' split",
+    )
+    p.add_argument(
+        "--image-column", default=None, metavar="NAME", help="image column (default: detected)"
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        metavar="NAME",
+        help="integer label column for evaluation (default: detected; none = unlabelled)",
+    )
+    p.add_argument(
+        "--eval-image-column",
+        default=None,
+        metavar="NAME",
+        help="image column of --eval-dataset (default: detected)",
+    )
+    p.add_argument(
+        "--eval-label-column",
+        default=None,
+        metavar="NAME",
+        help="label column of --eval-dataset (default: detected)",
+    )
     p.add_argument(
         "--num-examples",
         type=int,
+        metavar="N",
         default=None,
         help="training-set size when the stream does not say (sets steps per epoch)",
     )
@@ -283,30 +343,56 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         action="store_false",
         help="skip the angle-per-step monitor (two probe forwards every --log-every steps)",
     )
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, metavar="N", help="passes over the data")
     p.add_argument(
-        "--max-steps", type=int, default=None, help="stop after this many optimiser steps"
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after this many optimiser steps (default: --epochs passes)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--grad-accum-steps", type=int, default=1)
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--output-dir", default=d["output_dir"].default)
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="per process")
+    p.add_argument(
+        "--grad-accum-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="micro-batches per optimiser step",
+    )
+    p.add_argument(
+        "--image-size", type=int, default=32, metavar="PX", help="side of the training views"
+    )
+    p.add_argument(
+        "--output-dir",
+        default=d["output_dir"].default,
+        metavar="DIR",
+        help="checkpoints and the saved model",
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest complete checkpoint"
     )
     p.add_argument(
-        "--eval-every", type=int, default=0, help="kNN monitor every N steps (0: each epoch end)"
+        "--eval-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="kNN monitor every N steps; 0: at epoch ends (see --eval-every-epochs)",
     )
     p.add_argument(
         "--eval-every-epochs",
         type=int,
         default=1,
+        metavar="N",
         help="with --eval-every 0: kNN monitor at the end of every N-th epoch (and the last step)",
     )
     p.add_argument(
-        "--eval-max-samples", type=int, default=None, help="cap on train/test images for kNN"
+        "--eval-max-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap on bank/test images for kNN (default: all)",
     )
-    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--knn-k", type=int, default=200, metavar="K", help="neighbours for kNN")
     p.add_argument("--linear-probe", action="store_true", help="fit a linear probe at the end")
     p.add_argument(
         "--no-baselines",
@@ -315,25 +401,57 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="skip the kNN baselines (random-init backbone, raw pixels) at step 0",
     )
     p.add_argument(
-        "--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: each epoch)"
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="checkpoint every N steps; 0: at each epoch end",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the model, data order and views")
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
         default="no",
         help="bf16 works on CPU; fp16 only on GPU",
     )
-    p.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes")
-    p.add_argument("--shuffle-buffer", type=int, default=1000)
-    p.add_argument("--log-with", default=None, help="an Accelerate tracker, e.g. tensorboard")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-loading worker processes per training process (default: from the CPUs and "
+        "the device: on CUDA min(8, CPUs per process - 1), on CPU 0; capped by the shards)",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="examples shuffled together (per worker)",
+    )
+    p.add_argument(
+        "--log-with",
+        default=None,
+        metavar="TRACKER",
+        help="an Accelerate tracker, e.g. tensorboard",
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="progress and convergence statistics every N steps",
+    )
     p.add_argument(
         "--push-to-hub", default=None, metavar="REPO_ID", help="push the result to this Hub repo"
     )
-    p.add_argument("--hub-private", action="store_true")
+    p.add_argument("--hub-private", action="store_true", help="make the pushed repo private")
     p.add_argument(
-        "--grad-scale-power", type=float, default=None, help="GradScale p (extended paper)"
+        "--grad-scale-power",
+        type=float,
+        default=None,
+        metavar="P",
+        help="GradScale p (extended paper; default: the method's)",
     )
     p.add_argument(
         "--set",

@@ -36,6 +36,12 @@ class RunRecord:
         normalized_lr_scale: the learning-rate factor of the weights that a BatchNorm
             normalises (1 = none; the "c = 1 with c² × lr" control of PAPER §9).
         ema_momentum / ema_schedule: the teacher's EMA (``None`` for methods without one).
+        eval_dataset: the separate ``--eval-dataset`` (``None``: the training data).
+        eval_source: where the kNN numbers come from, in words: ``"kNN: bank 'train', test
+            'test' of builtin"``, ``"held-out 10% of train (1,000 images, seed 0), not trained
+            on"`` or ``"no evaluation (unlabelled data)"``.
+        eval_held_out_images: the size of that held-out slice (``None`` when there is none).
+        num_workers: data-loading workers per process (``--num-workers`` or the automatic choice).
     """
 
     method: str
@@ -75,6 +81,10 @@ class RunRecord:
     log_every: int
     seed: int
     grad_scale_power: float
+    eval_dataset: str | None = None
+    eval_source: str = ""
+    eval_held_out_images: int | None = None
+    num_workers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""
@@ -96,6 +106,7 @@ class TrainerState:
     corrupt_images: int = 0
     train_seconds: float = 0.0
     last_eval_step: int = -1
+    epoch_start_images: int = 0  # images_seen when the current epoch's stream (re)started
     knn: list[dict[str, Any]] = field(default_factory=list)
     baselines: dict[str, float] = field(default_factory=dict)
     convergence: list[dict[str, Any]] = field(default_factory=list)

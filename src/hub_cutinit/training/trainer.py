@@ -18,6 +18,7 @@ Example (a few steps on the built-in dataset)::
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import sys
@@ -37,7 +38,13 @@ from hub_cutinit.evaluation import extract_features, knn_accuracy, linear_probe
 from hub_cutinit.factory import create_ssl_model
 from hub_cutinit.monitor import StepAngleMonitor
 from hub_cutinit.norms import NormHistory, NormTracker
-from hub_cutinit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hub_cutinit.training.checkpoint import (
+    checkpoint_layout,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    saved_loader_epoch,
+)
 from hub_cutinit.training.config import TrainConfig
 from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
 from hub_cutinit.training.record import RunRecord, TrainerState
@@ -176,8 +183,33 @@ class Trainer:
         self.model = self.raw_model = model
 
     def setup_data(self) -> None:
-        """This process's shard of the training stream and the labelled evaluation sets."""
+        """The evaluation the data allows, this process's shard of the training stream, the loader.
+
+        :func:`hub_cutinit.data.plan_evaluation` decides: a test split, a held-out slice of the
+        training split (then excluded from training), or no evaluation on unlabelled images
+        (one notice says how to add ``--eval-dataset``).
+        """
         cfg, acc = self.cfg, self.accelerator
+        data_lib.check_dataset_spec(cfg.dataset)
+        self.eval_plan = plan = data_lib.plan_evaluation(
+            cfg.dataset,
+            image_size=cfg.image_size,
+            train_split=cfg.train_split,
+            eval_split=cfg.eval_split,
+            eval_dataset=cfg.eval_dataset,
+            eval_bank_split=cfg.eval_bank_split,
+            image_column=cfg.image_column,
+            label_column=cfg.label_column,
+            eval_image_column=cfg.eval_image_column,
+            eval_label_column=cfg.eval_label_column,
+            held_out_fraction=cfg.eval_held_out,
+            seed=cfg.seed,
+            max_samples=cfg.eval_max_samples,
+            batch_size=max(64, cfg.batch_size),
+        )
+        self.eval_sets = plan.loaders
+        if plan.notice:
+            acc.print(plan.notice)
         self.stream = data_lib.build_train_stream(
             cfg.dataset,
             method=cfg.method,
@@ -190,21 +222,31 @@ class Trainer:
             shuffle_buffer=cfg.shuffle_buffer,
             rank=acc.process_index,
             world_size=acc.num_processes,
+            exclude=plan.held_out,
+            total_examples=plan.train_examples,
         )
         self.num_examples = cfg.num_examples or data_lib.count_examples(self.stream)
-        if cfg.eval_split:
-            self.eval_sets = data_lib.build_eval_loaders(
-                cfg.dataset,
-                image_size=cfg.image_size,
-                train_split=cfg.train_split,
-                eval_split=cfg.eval_split,
-                image_column=cfg.image_column,
-                label_column=cfg.label_column,
-                max_samples=cfg.eval_max_samples,
-                batch_size=max(64, cfg.batch_size),
-            )
+        self.num_workers = self._resolve_num_workers()
         self.loader = data_lib.make_train_loader(
-            self.stream, batch_size=cfg.batch_size, num_workers=cfg.num_workers
+            self.stream, batch_size=cfg.batch_size, num_workers=self.num_workers
+        )
+
+    def _resolve_num_workers(self) -> int:
+        """``--num-workers``; by default the checkpoint's on ``--resume`` with the same number
+        of processes (its data position needs it), else a choice from the CPUs and the device."""
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.num_workers is not None:
+            return cfg.num_workers
+        last = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+        if last is not None:
+            saved = json.loads((last / "trainer_state.json").read_text())
+            processes, workers = checkpoint_layout(last, saved)
+            if processes == acc.num_processes and workers is not None:
+                return workers
+        return data_lib.default_num_workers(
+            acc.device.type,
+            processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)),
+            num_shards=self.stream.num_shards,
         )
 
     def _steps_per_epoch(self) -> int | None:
@@ -307,7 +349,19 @@ class Trainer:
             log_every=cfg.log_every,
             seed=cfg.seed,
             grad_scale_power=float(hp.get("grad_scale_power") or 0.0),
+            **self._data_record(),
         )
+
+    def _data_record(self) -> dict[str, Any]:
+        """The run record's evaluation-source and data-loading fields."""
+        plan = getattr(self, "eval_plan", None)
+        eval_dataset = self.cfg.eval_dataset
+        return {
+            "eval_dataset": data_lib.dataset_label(eval_dataset) if eval_dataset else None,
+            "eval_source": plan.source if plan is not None else "",
+            "eval_held_out_images": plan.held_out_examples if plan is not None else None,
+            "num_workers": getattr(self, "num_workers", self.cfg.num_workers or 0),
+        }
 
     # -- resume ---------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -319,7 +373,9 @@ class Trainer:
         if self.last_ckpt is None:
             acc.print(f"--resume: no complete checkpoint in {cfg.output_dir}; starting at step 0.")
             return
-        saved, self.loader_state = load_checkpoint(acc, self.last_ckpt)
+        saved, self.loader_state = load_checkpoint(
+            acc, self.last_ckpt, num_workers=getattr(self, "num_workers", None)
+        )
         self.state = TrainerState.from_dict(saved)
         self.history.load_state_dict(saved["history"])
         self.scheduler.step_update(self.state.step)  # this run's schedule (e.g. a new --lr)
@@ -327,6 +383,31 @@ class Trainer:
             self.epoch_norms.load_state_dict(saved["epoch_norms"])
         acc.print(
             f"Resumed from {self.last_ckpt} (step {self.state.step}, epoch {self.state.epoch})."
+        )
+        if self.loader_state is None:
+            acc.print(self._new_layout_message(saved))
+
+    def _new_layout_message(self, saved: dict[str, Any]) -> str:
+        """The one log line of a resume on another number of processes (or data workers).
+
+        The saved data positions belong to another sharding, so they are not used: at an
+        epoch end the next epoch starts from its beginning (an exact continuation); mid-epoch,
+        the current epoch's stream restarts and its images trained on so far are seen again.
+        """
+        state, acc = self.state, self.accelerator
+        processes, workers = checkpoint_layout(self.last_ckpt, saved)
+        was = f"{processes} process(es)" + (f" × {workers} data worker(s)" if workers else "")
+        now = f"{acc.num_processes} process(es)" + (
+            f" × {self.num_workers} data worker(s)" if self.num_workers else ""
+        )
+        head = f"--resume: {self.last_ckpt.name} was written by {was}, this run has {now}: "
+        tail = " Model, optimiser, step and schedule continue."
+        if saved_loader_epoch(self.last_ckpt) != state.epoch:
+            return head + f"epoch {state.epoch} starts from its beginning (exact)." + tail
+        again = state.images_seen - state.epoch_start_images
+        return (
+            head + f"the data position cannot be carried over, so epoch {state.epoch} restarts "
+            f"from its beginning and its {again:,} images trained on so far are seen again." + tail
         )
 
     # -- one step -------------------------------------------------------------------------------
@@ -426,12 +507,14 @@ class Trainer:
         self.loader.set_epoch(self.state.epoch)
         saved, self.loader_state = self.loader_state, None
         if saved is None:
+            self.state.epoch_start_images = self.state.images_seen  # a fresh (or restarted) epoch
             return False
         self.loader.num_corrupt = int(saved["hub_cutinit"]["num_corrupt"])  # this process
         # a position saved in an earlier epoch (an epoch-end checkpoint) is not resumed
         if saved["hub_cutinit"]["epoch"] == self.state.epoch:
             self.loader.load_state_dict(saved)
             return True
+        self.state.epoch_start_images = self.state.images_seen
         return False
 
     def train_epoch(self) -> None:
