@@ -312,6 +312,67 @@ def knn_accuracy(
 
 
 # ------------------------------------------------------------------------------- linear probe
+def _check_probe_options(epochs: int, lr: float, weight_decay: float, optimizer: str) -> None:
+    """Reject linear-probe settings that cannot train, naming the bad value."""
+    if int(epochs) != epochs or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if optimizer not in ("lbfgs", "adam"):
+        raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+
+
+def _fit_linear_head(
+    head: nn.Linear,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    optimizer: str,
+    batch_size: int,
+) -> None:
+    """Minimise cross-entropy + ``weight_decay / 2 * ‖W‖²`` over ``head`` in place."""
+    device = x_train.device
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(head(x), y)
+        return loss + 0.5 * weight_decay * head.weight.square().sum()
+
+    with torch.enable_grad():
+        if optimizer == "lbfgs":
+            opt = torch.optim.LBFGS(
+                head.parameters(),
+                lr=lr,
+                max_iter=int(epochs),
+                history_size=20,
+                line_search_fn="strong_wolfe",
+                tolerance_grad=1e-9,
+                tolerance_change=1e-12,
+            )
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = objective(x_train, y_train)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+        else:
+            opt = torch.optim.Adam(head.parameters(), lr=lr)
+            for _ in range(int(epochs)):
+                order = torch.randperm(len(x_train), generator=gen).to(device)
+                for idx in order.split(int(batch_size)):
+                    opt.zero_grad()
+                    objective(x_train[idx], y_train[idx]).backward()
+                    opt.step()
+
+
 def linear_probe(
     train_feats: torch.Tensor,
     train_labels: torch.Tensor,
@@ -352,14 +413,7 @@ def linear_probe(
     test_feats, test_labels = _check_test(test_feats, test_labels, train_feats.shape[1])
     if len(test_feats) == 0:
         raise ValueError("the test set is empty; pass at least one test sample")
-    if int(epochs) != epochs or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if optimizer not in ("lbfgs", "adam"):
-        raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
+    _check_probe_options(epochs, lr, weight_decay, optimizer)
     inferred = max(int(train_labels.max()), int(test_labels.max())) + 1
     num_classes = inferred if num_classes is None else int(num_classes)
     if num_classes < inferred:
@@ -373,44 +427,21 @@ def linear_probe(
     x_test = (test_feats.to(device, torch.float32) - mean) / std
     y_train = train_labels.to(device)
 
-    gen = torch.Generator().manual_seed(int(seed))
     head = nn.Linear(x_train.shape[1], num_classes).to(device)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-
-    def objective(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(head(x), y)
-        return loss + 0.5 * weight_decay * head.weight.square().sum()
-
-    with torch.enable_grad():
-        if optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(
-                head.parameters(),
-                lr=lr,
-                max_iter=int(epochs),
-                history_size=20,
-                line_search_fn="strong_wolfe",
-                tolerance_grad=1e-9,
-                tolerance_change=1e-12,
-            )
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = objective(x_train, y_train)
-                loss.backward()
-                return loss
-
-            opt.step(closure)
-        else:
-            opt = torch.optim.Adam(head.parameters(), lr=lr)
-            for _ in range(int(epochs)):
-                order = torch.randperm(len(x_train), generator=gen).to(device)
-                for idx in order.split(int(batch_size)):
-                    opt.zero_grad()
-                    objective(x_train[idx], y_train[idx]).backward()
-                    opt.step()
-
+    _fit_linear_head(
+        head,
+        x_train,
+        y_train,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        optimizer=optimizer,
+        batch_size=batch_size,
+    )
     with torch.no_grad():
         preds = head(x_test).argmax(dim=1).cpu()
     return float((preds == test_labels.cpu()).double().mean())

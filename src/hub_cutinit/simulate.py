@@ -367,6 +367,59 @@ def _embed_all(net: nn.Module, data: torch.Tensor) -> torch.Tensor:
         return net(data)
 
 
+def _infonce_net(
+    model: str,
+    n_samples: int,
+    dims: tuple[int, int, int],
+    seed: int,
+    gen: torch.Generator,
+) -> nn.Module:
+    """Experiment C's model: a seeded 3-layer MLP (``dims`` = input, hidden, out) or free embeddings."""
+    input_dim, hidden_dim, out_dim = dims
+    if model == "mlp":
+        with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
+            torch.manual_seed(seed)
+            return nn.Sequential(
+                nn.Linear(input_dim, hidden_dim),
+                nn.ReLU(),
+                nn.Linear(hidden_dim, hidden_dim),
+                nn.ReLU(),
+                nn.Linear(hidden_dim, out_dim),
+            )
+    return _FreeEmbeddings(n_samples, out_dim, gen)
+
+
+def _infonce_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: torch.Tensor,
+    augment: Callable[[torch.Tensor], torch.Tensor],
+    gen: torch.Generator,
+    *,
+    batch_size: int,
+    temperature: float,
+    variant: str,
+) -> list[float]:
+    """One shuffled pass of SGD on the InfoNCE ``variant``; returns the batch losses."""
+    n_samples = len(data)
+    losses: list[float] = []
+    order = torch.randperm(n_samples, generator=gen)
+    for begin in range(0, n_samples - 1, batch_size):
+        idx = order[begin : begin + batch_size]
+        if len(idx) < 2:
+            continue
+        if isinstance(net, _FreeEmbeddings):
+            z = torch.cat([net.table[0, idx], net.table[1, idx]])
+        else:
+            z = net(torch.cat([augment(data[idx]), augment(data[idx])]))
+        loss = infonce_loss(z, temperature=temperature, part=variant).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
 def simulate_infonce_norm_growth(
     variants: Sequence[str] = INFONCE_VARIANTS,
     model: str = "mlp",
@@ -414,22 +467,10 @@ def simulate_infonce_norm_growth(
     for variant in variants:
         gen = torch.Generator().manual_seed(seed)  # same data, init and batches for each variant
         data, augment = _synthetic_views(n_samples, input_dim, 10, gen)
-        if model == "mlp":
-            with torch.random.fork_rng(devices=[]):  # seeded init, caller's RNG untouched
-                torch.manual_seed(seed)
-                net: nn.Module = nn.Sequential(
-                    nn.Linear(input_dim, hidden_dim),
-                    nn.ReLU(),
-                    nn.Linear(hidden_dim, hidden_dim),
-                    nn.ReLU(),
-                    nn.Linear(hidden_dim, out_dim),
-                )
-        else:
-            net = _FreeEmbeddings(n_samples, out_dim, gen)
+        net = _infonce_net(model, n_samples, (input_dim, hidden_dim, out_dim), seed, gen)
         optimizer = torch.optim.SGD(
             net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
         )
-
         losses: list[float] = []
         for epoch in range(epochs + 1):
             norms = torch.linalg.vector_norm(_embed_all(net, data), dim=-1)
@@ -444,21 +485,16 @@ def simulate_infonce_norm_growth(
             )
             if epoch == epochs:
                 break
-            losses = []
-            order = torch.randperm(n_samples, generator=gen)
-            for begin in range(0, n_samples - 1, batch_size):
-                idx = order[begin : begin + batch_size]
-                if len(idx) < 2:
-                    continue
-                if isinstance(net, _FreeEmbeddings):
-                    z = torch.cat([net.table[0, idx], net.table[1, idx]])
-                else:
-                    z = net(torch.cat([augment(data[idx]), augment(data[idx])]))
-                loss = infonce_loss(z, temperature=temperature, part=variant).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
+            losses = _infonce_epoch(
+                net,
+                optimizer,
+                data,
+                augment,
+                gen,
+                batch_size=batch_size,
+                temperature=temperature,
+                variant=variant,
+            )
     if out_dir is not None:
         fig = _plot_infonce(rows, model, lr, momentum, weight_decay)
         _save(rows, fig, out_dir, "infonce_norm_growth")

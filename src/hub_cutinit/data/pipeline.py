@@ -429,7 +429,33 @@ def plan_evaluation(
             "no evaluation (unlabelled data)",
             notice=NO_LABELS_NOTICE.format(dataset=dataset_label(dataset)),
         )
-    loader_args = (image_size, max_samples, batch_size)
+    return _labelled_plan(
+        source,
+        bank,
+        (bank_split, eval_split),
+        image_col,
+        label_col,
+        held_out_fraction,
+        seed,
+        (image_size, max_samples, batch_size),
+        train_data=not separate,
+    )
+
+
+def _labelled_plan(
+    source: str,
+    bank: Any,
+    splits: tuple[str, str],
+    image_col: str,
+    label_col: str,
+    fraction: float,
+    seed: int,
+    loader_args: tuple[int, int | None, int],
+    *,
+    train_data: bool,
+) -> EvalPlan:
+    """Test on the ``(bank, test)`` ``splits``, or on a held-out slice when 'test' is missing."""
+    bank_split, eval_split = splits
     try:
         test, test_image, test_label = resolve_dataset(
             source,
@@ -447,10 +473,10 @@ def plan_evaluation(
             bank_split,
             image_col,
             label_col,
-            held_out_fraction,
+            fraction,
             seed,
             loader_args,
-            train_data=not separate,
+            train_data=train_data,
         )
     loaders = (
         _eval_loader(bank, image_col, label_col, *loader_args),

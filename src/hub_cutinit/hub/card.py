@@ -198,21 +198,14 @@ def _eval_note(source: Any) -> str:
     )
 
 
-def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
+def _training_rows(
+    config: Mapping[str, Any], architecture: Any, c: str, dataset_text: str | None
+) -> list[tuple[str, str]]:
+    """The card's "Training" table: method, backbone, cut, λ, schedule, data and scale."""
     block = config[BLOCK_KEY]
     method = str(block.get("method"))
     hparams = dict(block.get("hparams") or {})
     training = dict(block.get("training") or {})
-    evaluation = dict(block.get("evaluation") or {})
-    architecture = config.get("architecture") or block.get("architecture")
-    c = format_number(float(block.get("c", 1.0)))
-    model_name = (
-        block.get("model_name")
-        or (repo_id or "").split("/")[-1]
-        or f"{method}-{architecture}-cut{c}"
-    )
-    dataset_text, _ = _dataset(training)
-
     rows: list[tuple[str, str]] = [
         (
             "method",
@@ -251,7 +244,11 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
                     ", ".join(map(str, value)) if isinstance(value, list) else format_number(value),
                 )
             )
+    return rows
 
+
+def _eval_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The card's "Evaluation" table: kNN, linear probe and the baselines."""
     eval_rows: list[tuple[str, str]] = []
     if evaluation.get("knn_accuracy") is not None:
         k, tau = evaluation.get("knn_k", 200), evaluation.get("knn_temperature", 0.1)
@@ -271,7 +268,18 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     }
     for key, value in baselines.items():
         eval_rows.append((labels.get(key, f"baseline: {key}"), _accuracy(value)))
+    return eval_rows
 
+
+def _scale_note(
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any],
+    *,
+    dataset_text: str | None,
+    architecture: Any,
+    has_eval_rows: bool,
+) -> str:
+    """The sentence stating the run's scale, with a warning when it loses to random init."""
     scale = [
         dataset_text,
         f"{training['epochs']} epoch(s)" if training.get("epochs") is not None else None,
@@ -281,11 +289,12 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     ]
     scale = [str(part) for part in scale if part]
     scale_note = "Scale: " + ", ".join(scale) + "." if scale else ""
-    if eval_rows:
+    if has_eval_rows:
         scale_note += (
             " A kNN accuracy means little on its own: compare it with the baselines"
             " (random initialisation, raw pixels) measured with the same protocol."
         )
+        baselines = dict(evaluation.get("baselines") or {})
         knn, random_knn = evaluation.get("knn_accuracy"), baselines.get("random_init_knn")
         if (
             isinstance(knn, (int, float))
@@ -293,14 +302,43 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
             and knn <= random_knn
         ):
             scale_note += " **At this scale the trained backbone does not beat the randomly initialised one.**"
+    return scale_note
 
+
+def _components(block: Mapping[str, Any], hparams: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether the model has a momentum teacher, and the card's words for its extra parts."""
     components = dict(block.get("components") or {})
     has_teacher = bool(components.get("teacher", hparams.get("momentum") is not None))
     heads = ", ".join(f"`{h}`" for h in components.get("heads") or []) or "heads"
     heads_description = (
         f"heads ({heads})" + (", momentum teacher" if has_teacher else "") + " and loss buffers"
     )
+    return has_teacher, heads_description
 
+
+def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
+    block = config[BLOCK_KEY]
+    method = str(block.get("method"))
+    hparams = dict(block.get("hparams") or {})
+    training = dict(block.get("training") or {})
+    evaluation = dict(block.get("evaluation") or {})
+    architecture = config.get("architecture") or block.get("architecture")
+    c = format_number(float(block.get("c", 1.0)))
+    model_name = (
+        block.get("model_name")
+        or (repo_id or "").split("/")[-1]
+        or f"{method}-{architecture}-cut{c}"
+    )
+    dataset_text, _ = _dataset(training)
+    eval_rows = _eval_rows(evaluation)
+    scale_note = _scale_note(
+        training,
+        evaluation,
+        dataset_text=dataset_text,
+        architecture=architecture,
+        has_eval_rows=bool(eval_rows),
+    )
+    has_teacher, heads_description = _components(block, hparams)
     versions = dict(block.get("versions") or {})
     hparams_json = json.dumps(hparams, indent=2, sort_keys=True)
     return {
@@ -314,7 +352,7 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "c": c,
         "c_value": repr(float(block.get("c", 1.0))),
         "weight_decay": format_number(block.get("weight_decay")),
-        "training_rows": rows,
+        "training_rows": _training_rows(config, architecture, c, dataset_text),
         "norm_rows": _norm_rows(dict(block.get("norms") or {})),
         "eval_rows": eval_rows,
         "eval_note": _eval_note(training.get("eval_source")),

@@ -173,6 +173,65 @@ def _env_number(name: str, default: float) -> float:
         raise ValueError(f"{name}={value!r} is not a number.") from None
 
 
+def _retry_settings(max_attempts: int | None, base_delay: float | None) -> tuple[int, float]:
+    """Attempts per Hub call and the first back-off delay, from the arguments or the environment."""
+    attempts = int(max_attempts or _env_number("HUB_CUTINIT_PUSH_ATTEMPTS", PUSH_MAX_ATTEMPTS))
+    delay = float(
+        base_delay
+        if base_delay is not None
+        else _env_number("HUB_CUTINIT_PUSH_BACKOFF", PUSH_BASE_DELAY)
+    )
+    return attempts, delay
+
+
+def _known_secrets(token: str | None) -> list[str | None]:
+    """Every token the push might use, so that :func:`scrub` keeps them out of messages."""
+    from huggingface_hub.utils import get_token
+
+    secrets = [token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    try:
+        secrets.append(get_token())
+    except Exception:  # a broken token file must not break the push: the client reports it
+        pass
+    return secrets
+
+
+def _saved_folder(
+    out_dir_or_model: str | os.PathLike[str] | nn.Module,
+    tmp: Path,
+    training_info: dict[str, Any] | None,
+) -> Path:
+    """The save_pretrained folder to push: the given one, or the model saved under ``tmp``."""
+    from hub_cutinit.hub.serialization import save_pretrained
+
+    if isinstance(out_dir_or_model, nn.Module):
+        return save_pretrained(out_dir_or_model, tmp / "model", training_info=training_info)
+    if training_info is not None:
+        raise ValueError(
+            "training_info is only used when pushing a model; save_pretrained takes it."
+        )
+    return Path(out_dir_or_model)
+
+
+def _staged_upload(
+    out_dir: Path, tmp: Path, repo_id: str, commit_message: str | None
+) -> tuple[Path, str]:
+    """Stage the managed files with a card for ``repo_id``; return the folder and commit message."""
+    from hub_cutinit.hub.card import render_model_card
+
+    config = read_config(out_dir)  # ValueError when not ours
+    block = config["hub_cutinit"]
+    staging = tmp / "staging"
+    staging.mkdir()
+    _stage(out_dir, staging)
+    render_model_card(staging, repo_id=repo_id)
+    message = commit_message or (
+        f"Upload {block.get('method')} {config.get('architecture')} "
+        f"(c={block.get('c'):g}) with hub_cutinit"
+    )
+    return staging, message
+
+
 def push_to_hub(
     out_dir_or_model: str | os.PathLike[str] | nn.Module,
     repo_id: str,
@@ -211,47 +270,15 @@ def push_to_hub(
         ValueError: ``out_dir`` is not a hub_cutinit save.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.utils import get_token
-
-    from hub_cutinit.hub.card import render_model_card
-    from hub_cutinit.hub.serialization import save_pretrained
 
     if not isinstance(repo_id, str) or repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise ValueError(f"repo_id must look like 'user/name', got {repo_id!r}.")
-    attempts = int(max_attempts or _env_number("HUB_CUTINIT_PUSH_ATTEMPTS", PUSH_MAX_ATTEMPTS))
-    delay = float(
-        base_delay
-        if base_delay is not None
-        else _env_number("HUB_CUTINIT_PUSH_BACKOFF", PUSH_BASE_DELAY)
-    )
-    secrets = [token, os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
-    try:
-        secrets.append(get_token())
-    except Exception:  # a broken token file must not break the push: the client reports it
-        pass
+    attempts, delay = _retry_settings(max_attempts, base_delay)
+    secrets = _known_secrets(token)
 
     with tempfile.TemporaryDirectory(prefix="hub_cutinit_push_") as tmp:
-        if isinstance(out_dir_or_model, nn.Module):
-            out_dir = save_pretrained(
-                out_dir_or_model, Path(tmp) / "model", training_info=training_info
-            )
-        else:
-            if training_info is not None:
-                raise ValueError(
-                    "training_info is only used when pushing a model; save_pretrained takes it."
-                )
-            out_dir = Path(out_dir_or_model)
-        config = read_config(out_dir)  # ValueError when not ours
-        block = config["hub_cutinit"]
-        staging = Path(tmp) / "staging"
-        staging.mkdir()
-        _stage(out_dir, staging)
-        render_model_card(staging, repo_id=repo_id)
-        message = commit_message or (
-            f"Upload {block.get('method')} {config.get('architecture')} "
-            f"(c={block.get('c'):g}) with hub_cutinit"
-        )
-
+        out_dir = _saved_folder(out_dir_or_model, Path(tmp), training_info)
+        staging, message = _staged_upload(out_dir, Path(tmp), repo_id, commit_message)
         api = HfApi()
         _call_with_retries(
             lambda: api.create_repo(repo_id, private=private, exist_ok=True, token=token),

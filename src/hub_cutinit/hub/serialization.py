@@ -388,6 +388,52 @@ def _check_out_dir(out_dir: Path) -> None:
             )
 
 
+def _data_config(info: Mapping[str, Any], backbone: nn.Module) -> dict[str, Any]:
+    """timm's preprocessing fields: ``info["data_config"]``, with ``input_size`` from ``image_size``."""
+    data_config = dict(info.get("data_config") or {})
+    if "image_size" in info and "input_size" not in data_config:
+        size = info["image_size"]
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        in_chans = int(getattr(backbone, "in_chans", 3) or 3)
+        data_config["input_size"] = (in_chans, *size)
+    return data_config
+
+
+def _weight_files(
+    ssl_model: SSLModel,
+) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+    """The two safetensors files to write: name -> (tensors, metadata)."""
+    backbone_sd, heads_sd = _split_state_dict(ssl_model)
+    meta = {"format": "pt"}
+    heads_meta = {
+        **meta,
+        "hub_cutinit_format_version": str(FORMAT_VERSION),
+        "method": str(ssl_model.method),
+    }
+    return {BACKBONE_WEIGHTS_NAME: (backbone_sd, meta), HEADS_WEIGHTS_NAME: (heads_sd, heads_meta)}
+
+
+def _write_save(
+    tmp: Path,
+    config: Mapping[str, Any],
+    backbone: nn.Module,
+    weights: Mapping[str, tuple[dict[str, torch.Tensor], dict[str, str]]],
+) -> None:
+    """Write config.json (checked to rebuild ``backbone``), the weight files and the card."""
+    from safetensors.torch import save_file
+
+    from hub_cutinit.hub.card import render_model_card
+
+    text = json.dumps(config, indent=2, allow_nan=False)
+    write_text_atomic(tmp / CONFIG_NAME, text + "\n")
+    _check_config_rebuilds(tmp, backbone)
+    # atomic_path gives safetensors' 0600 files the umask's permissions (0644 under 022)
+    for name, (tensors, metadata) in weights.items():
+        with atomic_path(tmp / name) as path:
+            save_file(tensors, str(path), metadata=metadata)
+    render_model_card(tmp)
+
+
 def save_pretrained(
     ssl_model: SSLModel,
     out_dir: str | os.PathLike[str],
@@ -426,10 +472,6 @@ def save_pretrained(
     Returns:
         The path of the written folder.
     """
-    from safetensors.torch import save_file
-
-    from hub_cutinit.hub.card import render_model_card
-
     backbone = getattr(ssl_model, "backbone", None)
     if not isinstance(ssl_model, nn.Module) or not isinstance(backbone, nn.Module):
         raise ValueError(
@@ -439,36 +481,17 @@ def save_pretrained(
     out_dir = Path(out_dir).expanduser().absolute()
     _check_out_dir(out_dir)
     info = dict(training_info or {})
-    data_config = dict(info.get("data_config") or {})
-    if "image_size" in info and "input_size" not in data_config:
-        size = info["image_size"]
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        in_chans = int(getattr(backbone, "in_chans", 3) or 3)
-        data_config["input_size"] = (in_chans, *size)
+    data_config = _data_config(info, backbone)
     block = _build_block(ssl_model, info)
     config = build_timm_config(backbone, data_config=data_config, license=block["license"])
     config[BLOCK_KEY] = block
-    backbone_sd, heads_sd = _split_state_dict(ssl_model)
-    meta = {"format": "pt"}
-    heads_meta = {
-        **meta,
-        "hub_cutinit_format_version": str(FORMAT_VERSION),
-        "method": str(ssl_model.method),
-    }
+    weights = _weight_files(ssl_model)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        text = json.dumps(config, indent=2, allow_nan=False)
-        write_text_atomic(tmp / CONFIG_NAME, text + "\n")
-        _check_config_rebuilds(tmp, backbone)
-        # atomic_path gives safetensors' 0600 files the umask's permissions (0644 under 022)
-        with atomic_path(tmp / BACKBONE_WEIGHTS_NAME) as path:
-            save_file(backbone_sd, str(path), metadata=meta)
-        with atomic_path(tmp / HEADS_WEIGHTS_NAME) as path:
-            save_file(heads_sd, str(path), metadata=heads_meta)
-        render_model_card(tmp)
+        _write_save(tmp, config, backbone, weights)
         _install(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -517,6 +540,57 @@ def resolve_model_dir(
     return path
 
 
+def _rebuild_model(directory: Path, block: Mapping[str, Any]) -> SSLModel:
+    """The model ``config.json`` describes, at c = 1 and with untrained weights."""
+    import timm
+
+    from hub_cutinit.factory import create_ssl_model
+
+    saved = block.get("config") or {}
+    overrides = dict(saved.get("overrides") or {})
+    for key in (*TRAINING_HPARAMS, "warmup_fraction"):  # format 1 kept some of these
+        overrides.pop(key, None)
+    for name in (BACKBONE_WEIGHTS_NAME, HEADS_WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise ValueError(
+                f"{directory / name} is missing; a hub_cutinit save has both weight files."
+            )
+    backbone = timm.create_model(f"local-dir:{directory}", pretrained=False)
+    try:
+        model = create_ssl_model(block["method"], backbone, c=1, **overrides)
+    except ValueError as err:
+        raise ValueError(
+            f"Cannot rebuild the model described by {directory / CONFIG_NAME}: {err}"
+        ) from err
+    if saved.get("backbone"):
+        model.backbone_name = saved["backbone"]
+    return model
+
+
+def _read_state(directory: Path) -> dict[str, torch.Tensor]:
+    """The full state dict from the two weight files (backbone keys prefixed ``backbone.``)."""
+    from safetensors.torch import load_file
+
+    def read(name: str) -> dict[str, Any]:
+        try:
+            return load_file(str(directory / name))
+        except Exception as err:  # safetensors' SafetensorError: truncated or not safetensors
+            raise ValueError(
+                f"{directory / name} is not a readable safetensors file ({err}); it is truncated "
+                "or corrupt: download or save the model again."
+            ) from err
+
+    state = {f"backbone.{k}": v for k, v in read(BACKBONE_WEIGHTS_NAME).items()}
+    heads = read(HEADS_WEIGHTS_NAME)
+    clash = sorted(k for k in heads if k.startswith("backbone."))
+    if clash:
+        raise ValueError(
+            f"{HEADS_WEIGHTS_NAME} holds backbone tensors ({clash[:3]}); save the model again."
+        )
+    state.update(heads)
+    return state
+
+
 def load_ssl_model(
     path_or_id: str | os.PathLike[str],
     *,
@@ -540,52 +614,12 @@ def load_ssl_model(
 
     Unknown fields in the ``hub_cutinit`` block (from a newer format) only warn.
     """
-    import timm
-    from safetensors.torch import load_file
-
-    from hub_cutinit.factory import create_ssl_model
-
     directory = resolve_model_dir(path_or_id, revision=revision, token=token, cache_dir=cache_dir)
     config = read_config(directory)
     block = check_block(config[BLOCK_KEY])
-    saved = block.get("config") or {}
-    overrides = dict(saved.get("overrides") or {})
-    for key in (*TRAINING_HPARAMS, "warmup_fraction"):  # format 1 kept some of these
-        overrides.pop(key, None)
     c = float(block["c"])
-
-    for name in (BACKBONE_WEIGHTS_NAME, HEADS_WEIGHTS_NAME):
-        if not (directory / name).is_file():
-            raise ValueError(
-                f"{directory / name} is missing; a hub_cutinit save has both weight files."
-            )
-    backbone = timm.create_model(f"local-dir:{directory}", pretrained=False)
-    try:
-        model = create_ssl_model(block["method"], backbone, c=1, **overrides)
-    except ValueError as err:
-        raise ValueError(
-            f"Cannot rebuild the model described by {directory / CONFIG_NAME}: {err}"
-        ) from err
-    if saved.get("backbone"):
-        model.backbone_name = saved["backbone"]
-
-    def read(name: str) -> dict[str, Any]:
-        try:
-            return load_file(str(directory / name))
-        except Exception as err:  # safetensors' SafetensorError: truncated or not safetensors
-            raise ValueError(
-                f"{directory / name} is not a readable safetensors file ({err}); it is truncated "
-                "or corrupt: download or save the model again."
-            ) from err
-
-    state = {f"backbone.{k}": v for k, v in read(BACKBONE_WEIGHTS_NAME).items()}
-    heads = read(HEADS_WEIGHTS_NAME)
-    clash = sorted(k for k in heads if k.startswith("backbone."))
-    if clash:
-        raise ValueError(
-            f"{HEADS_WEIGHTS_NAME} holds backbone tensors ({clash[:3]}); save the model again."
-        )
-    state.update(heads)
+    model = _rebuild_model(directory, block)
+    state = _read_state(directory)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     problems = _diff_shapes(expected, got, "the model built from config.json", "the weight files")

@@ -210,18 +210,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(method: str | None = None) -> argparse.ArgumentParser:
-    """The flags every recipe shares; ``method=None`` adds a ``--method`` flag."""
-    p = argparse.ArgumentParser(
-        description=f"Train {method or 'an SSL method'} with cut-initialisation (hub_cutinit).",
-        formatter_class=_HelpFormatter,
-    )
-    if method is None:
-        p.add_argument("--method", required=True, choices=list_methods())
-    d = TrainConfig.__dataclass_fields__
-    p.add_argument(
-        "--backbone", default=d["backbone"].default, metavar="NAME", help="any timm model name"
-    )
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the training images come from and how they are read."""
+    p = parser.add_argument_group("data")
     p.add_argument(
         "--dataset",
         default="builtin",
@@ -232,36 +223,6 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--train-split", default="train", metavar="NAME", help="split to train on")
     p.add_argument(
-        "--eval-split",
-        default="test",
-        metavar="NAME",
-        help="labelled split the kNN monitor tests on; 'none' to skip. When the default 'test' "
-        "is missing, a held-out slice of the training split (--eval-held-out) is used; "
-        "unlabelled data trains without evaluation",
-    )
-    p.add_argument(
-        "--eval-dataset",
-        default=None,
-        metavar="SPEC",
-        help="a separate labelled dataset for the kNN monitor (any --dataset spec, e.g. "
-        "builtin); default: the training data",
-    )
-    p.add_argument(
-        "--eval-bank-split",
-        default=None,
-        metavar="NAME",
-        help="split of the evaluation data used as the kNN bank (default: --train-split for "
-        "the training data, 'train' for --eval-dataset)",
-    )
-    p.add_argument(
-        "--eval-held-out",
-        type=float,
-        default=0.1,
-        metavar="FRACTION",
-        help="fraction of the training split held out (and not trained on) for the kNN test "
-        "when the data has labels but no 'test' split",
-    )
-    p.add_argument(
         "--image-column", default=None, metavar="NAME", help="image column (default: detected)"
     )
     p.add_argument(
@@ -271,18 +232,6 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="integer label column for evaluation (default: detected; none = unlabelled)",
     )
     p.add_argument(
-        "--eval-image-column",
-        default=None,
-        metavar="NAME",
-        help="image column of --eval-dataset (default: detected)",
-    )
-    p.add_argument(
-        "--eval-label-column",
-        default=None,
-        metavar="NAME",
-        help="label column of --eval-dataset (default: detected)",
-    )
-    p.add_argument(
         "--num-examples",
         type=int,
         metavar="N",
@@ -290,8 +239,54 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="training-set size when the stream does not say (sets steps per epoch)",
     )
     p.add_argument(
+        "--image-size", type=int, default=32, metavar="PX", help="side of the training views"
+    )
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-loading worker processes per training process (default: from the CPUs and "
+        "the device: on CUDA min(8, CPUs per process - 1), on CPU 0; capped by the shards)",
+    )
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="examples shuffled together (per worker)",
+    )
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Backbone, cut factor and method hyper-parameters."""
+    p = parser.add_argument_group("model and cut")
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument(
+        "--backbone", default=d["backbone"].default, metavar="NAME", help="any timm model name"
+    )
+    p.add_argument(
         "--c", type=float, default=None, help="cut factor (default: the method's; 1 = no cut)"
     )
+    p.add_argument(
+        "--grad-scale-power",
+        type=float,
+        default=None,
+        metavar="P",
+        help="GradScale p (extended paper; default: the method's)",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method hyper-parameters, e.g. --set proj_dim=256 temperature=0.2",
+    )
+
+
+def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimiser, learning-rate and EMA schedule, run length and batch."""
+    p = parser.add_argument_group("optimisation and schedule")
     p.add_argument("--weight-decay", type=float, default=None, help="λ (default: the method's)")
     p.add_argument(
         "--lr",
@@ -337,12 +332,6 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="multiply the lr (and divide λ) of the weights that BatchNorm normalises: "
         "with --c 1 and c² this is the learning-rate control of cut-init (PAPER §9)",
     )
-    p.add_argument(
-        "--no-convergence-monitor",
-        dest="convergence_monitor",
-        action="store_false",
-        help="skip the angle-per-step monitor (two probe forwards every --log-every steps)",
-    )
     p.add_argument("--epochs", type=int, default=1, metavar="N", help="passes over the data")
     p.add_argument(
         "--max-steps",
@@ -360,16 +349,57 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="micro-batches per optimiser step",
     )
     p.add_argument(
-        "--image-size", type=int, default=32, metavar="PX", help="side of the training views"
+        "--mixed-precision",
+        choices=["no", "bf16", "fp16"],
+        default="no",
+        help="bf16 works on CPU; fp16 only on GPU",
+    )
+
+
+def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
+    """The kNN monitor's data and schedule, the baselines and the linear probe."""
+    p = parser.add_argument_group("evaluation")
+    p.add_argument(
+        "--eval-split",
+        default="test",
+        metavar="NAME",
+        help="labelled split the kNN monitor tests on; 'none' to skip. When the default 'test' "
+        "is missing, a held-out slice of the training split (--eval-held-out) is used; "
+        "unlabelled data trains without evaluation",
     )
     p.add_argument(
-        "--output-dir",
-        default=d["output_dir"].default,
-        metavar="DIR",
-        help="checkpoints and the saved model",
+        "--eval-dataset",
+        default=None,
+        metavar="SPEC",
+        help="a separate labelled dataset for the kNN monitor (any --dataset spec, e.g. "
+        "builtin); default: the training data",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from the latest complete checkpoint"
+        "--eval-bank-split",
+        default=None,
+        metavar="NAME",
+        help="split of the evaluation data used as the kNN bank (default: --train-split for "
+        "the training data, 'train' for --eval-dataset)",
+    )
+    p.add_argument(
+        "--eval-held-out",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="fraction of the training split held out (and not trained on) for the kNN test "
+        "when the data has labels but no 'test' split",
+    )
+    p.add_argument(
+        "--eval-image-column",
+        default=None,
+        metavar="NAME",
+        help="image column of --eval-dataset (default: detected)",
+    )
+    p.add_argument(
+        "--eval-label-column",
+        default=None,
+        metavar="NAME",
+        help="label column of --eval-dataset (default: detected)",
     )
     p.add_argument(
         "--eval-every",
@@ -400,6 +430,21 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         action="store_false",
         help="skip the kNN baselines (random-init backbone, raw pixels) at step 0",
     )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Output, checkpoints, seed, logging and the Hub push."""
+    p = parser.add_argument_group("run, logging and Hub")
+    d = TrainConfig.__dataclass_fields__
+    p.add_argument(
+        "--output-dir",
+        default=d["output_dir"].default,
+        metavar="DIR",
+        help="checkpoints and the saved model",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the latest complete checkpoint"
+    )
     p.add_argument(
         "--checkpoint-every",
         type=int,
@@ -408,27 +453,6 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="checkpoint every N steps; 0: at each epoch end",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the model, data order and views")
-    p.add_argument(
-        "--mixed-precision",
-        choices=["no", "bf16", "fp16"],
-        default="no",
-        help="bf16 works on CPU; fp16 only on GPU",
-    )
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="data-loading worker processes per training process (default: from the CPUs and "
-        "the device: on CUDA min(8, CPUs per process - 1), on CPU 0; capped by the shards)",
-    )
-    p.add_argument(
-        "--shuffle-buffer",
-        type=int,
-        default=1000,
-        metavar="N",
-        help="examples shuffled together (per worker)",
-    )
     p.add_argument(
         "--log-with",
         default=None,
@@ -443,23 +467,33 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         help="progress and convergence statistics every N steps",
     )
     p.add_argument(
+        "--no-convergence-monitor",
+        dest="convergence_monitor",
+        action="store_false",
+        help="skip the angle-per-step monitor (two probe forwards every --log-every steps)",
+    )
+    p.add_argument(
         "--push-to-hub", default=None, metavar="REPO_ID", help="push the result to this Hub repo"
     )
     p.add_argument("--hub-private", action="store_true", help="make the pushed repo private")
-    p.add_argument(
-        "--grad-scale-power",
-        type=float,
-        default=None,
-        metavar="P",
-        help="GradScale p (extended paper; default: the method's)",
+
+
+def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The flags every recipe shares; ``method=None`` adds a ``--method`` flag."""
+    p = argparse.ArgumentParser(
+        description=f"Train {method or 'an SSL method'} with cut-initialisation (hub_cutinit).",
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method hyper-parameters, e.g. --set proj_dim=256 temperature=0.2",
-    )
+    if method is None:
+        p.add_argument("--method", required=True, choices=list_methods())
+    for add_flags in (
+        _add_data_flags,
+        _add_model_flags,
+        _add_optimisation_flags,
+        _add_evaluation_flags,
+        _add_run_flags,
+    ):
+        add_flags(p)
     return p
 
 
