@@ -24,6 +24,12 @@ Example::
     python scripts/build_builtin_dataset.py                     # default paths
     python scripts/build_builtin_dataset.py --source /usr/share/datasets/fashion-mnist \\
         --out src/hub_cutinit/datasets/fashion_mnist --seed 0
+
+``--full`` writes every image instead (60,000 train in 60 shards, 10,000 test in 4 shards, each
+shard class-balanced; about 36 MB) for runs on the whole of Fashion-MNIST, e.g. the GPU
+convergence study (``recipes/gpu/``); it must go to another folder than the built-in one::
+
+    python scripts/build_builtin_dataset.py --full --out data/fashion_mnist_full
 """
 
 from __future__ import annotations
@@ -54,6 +60,12 @@ SPLITS = {
     # split: (idx prefix, images per class, number of shards)
     "train": ("train", 1000, 4),
     "test": ("t10k", 200, 2),
+}
+#: ``--full``: every image (Fashion-MNIST has 6,000 train and 1,000 test images per class);
+#: 60 train shards split evenly over 1, 2, 3, 4, 5, 6, 10, 12, 15, 20 or 30 loader workers
+FULL_SPLITS = {
+    "train": ("train", 6000, 60),
+    "test": ("t10k", 1000, 4),
 }
 
 
@@ -119,8 +131,14 @@ def interleave_by_class(indices: np.ndarray, labels: np.ndarray, num_shards: int
     return shards
 
 
-def build(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
-    """Write the parquet shards, README.md and LICENSE; return the number of rows per split."""
+def build(
+    source: Path, out: Path, seed: int = 0, splits: dict[str, tuple[str, int, int]] | None = None
+) -> dict[str, int]:
+    """Write the parquet shards, README.md and LICENSE; return the number of rows per split.
+
+    ``splits`` maps a split to (idx prefix, images per class, shards); default :data:`SPLITS`.
+    """
+    splits = SPLITS if splits is None else splits
     from datasets import ClassLabel, Dataset, Features, Image, Value
     from datasets.utils.logging import disable_progress_bar
 
@@ -133,7 +151,7 @@ def build(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
     for old in out.glob("*.parquet"):
         old.unlink()
     counts: dict[str, int] = {}
-    for split, (prefix, per_class, num_shards) in SPLITS.items():
+    for split, (prefix, per_class, num_shards) in splits.items():
         images = read_idx(source / f"{prefix}-images-idx3-ubyte.gz")
         labels = read_idx(source / f"{prefix}-labels-idx1-ubyte.gz")
         if images.shape[0] != labels.shape[0]:
@@ -153,7 +171,7 @@ def build(source: Path, out: Path, seed: int = 0) -> dict[str, int]:
             # row groups of 500 rows: `IterableDataset.reshard()` can split a shard further
             ds.to_parquet(str(out / f"{split}-{s:05d}-of-{num_shards:05d}.parquet"), batch_size=500)
         counts[split] = int(subset.size)
-    write_docs(out, counts, seed)
+    write_docs(out, counts, seed, full=splits is FULL_SPLITS)
     return counts
 
 
@@ -179,8 +197,11 @@ OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SO
 """
 
 
-def write_docs(out: Path, counts: dict[str, int], seed: int) -> None:
+def write_docs(out: Path, counts: dict[str, int], seed: int, full: bool = False) -> None:
     """Write LICENSE (the Fashion-MNIST MIT licence) and a README describing the subset."""
+    if full:
+        write_full_docs(out, counts, seed)
+        return
     (out / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
     names = "\n".join(f"| {i} | {n} |" for i, n in enumerate(CLASS_NAMES))
     files = "\n".join(
@@ -218,6 +239,21 @@ Files:
     (out / "README.md").write_text(readme, encoding="utf-8")
 
 
+def write_full_docs(out: Path, counts: dict[str, int], seed: int) -> None:
+    """LICENSE and a short README for the ``--full`` build (every Fashion-MNIST image)."""
+    (out / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
+    readme = f"""\
+# Fashion-MNIST, every image
+
+{counts["train"]:,} train images in 60 class-balanced shards and {counts["test"]:,} test images in
+4 shards, 28×28 grayscale PNG; columns `image`, `label` (10 classes), `id` (row in the original
+split). Source: Fashion-MNIST by Zalando Research (arXiv:1708.07747), MIT licence (see
+`LICENSE`), read from Debian's `dataset-fashion-mnist`. Built with
+`python scripts/build_builtin_dataset.py --full --out <this folder> --seed {seed}`.
+"""
+    (out / "README.md").write_text(readme, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -225,8 +261,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="every image (60,000 train in 60 shards, 10,000 test in 4) instead of the subset; "
+        "give --out another folder than the built-in dataset's",
+    )
     args = parser.parse_args(argv)
-    counts = build(args.source, args.out, seed=args.seed)
+    if args.full and args.out.resolve() == DEFAULT_OUT.resolve():
+        parser.error(
+            "--full would overwrite the built-in dataset; pass --out, e.g. "
+            "--out data/fashion_mnist_full"
+        )
+    splits = FULL_SPLITS if args.full else SPLITS
+    counts = build(args.source, args.out, seed=args.seed, splits=splits)
     total = sum(p.stat().st_size for p in args.out.iterdir())
     print(f"wrote {counts} to {args.out} ({total / 1e6:.2f} MB)")
 

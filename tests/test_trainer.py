@@ -247,3 +247,19 @@ def test_the_card_plots_the_convergence_monitor(tmp_path: Path) -> None:
         "![Angle per step, norm and learning rate](convergence.png)"
         in (out / "README.md").read_text()
     )
+
+
+def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_path: Path) -> None:
+    """The committed study's flags reach the recipe (a default lost on the way is a wrong study)."""
+    from hub_cutinit.experiments.convergence import StudyConfig, build_parser, train_argv
+
+    args = vars(build_parser().parse_args(["--out-dir", str(tmp_path)]))
+    args.pop("lr")
+    cfg = StudyConfig(**args)
+    assert cfg.backbone_kwargs == StudyConfig().backbone_kwargs != {}
+    argv = train_argv(cfg, "byol", "c1-lr", 0, tmp_path / "run")
+    parsed = parse_args("byol", argv)
+    assert parsed.overrides["backbone_kwargs"] == {"channels": [16, 32, 64, 128], "output_stride": 8}
+    assert parsed.c == 1 and parsed.normalized_lr_scale == 81
+    assert parsed.ema_schedule == "constant" and parsed.cosine_epochs == 80
+    assert parsed.lr == 0.04 and parsed.weight_decay == 5e-4

@@ -454,7 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS)
     p.add_argument("--backbone", default=d.backbone)
     p.add_argument(
-        "--backbone-kwargs", type=json.loads, default={}, help="JSON, e.g. '{\"output_stride\": 8}'"
+        "--backbone-kwargs",
+        type=json.loads,
+        default=d.backbone_kwargs,
+        help=f"timm keyword arguments as JSON (default: {json.dumps(d.backbone_kwargs)})",
     )
     p.add_argument("--heads", default=d.heads, help="the methods' head preset: paper, cpu or tiny")
     p.add_argument("--image-size", type=int, default=d.image_size)
