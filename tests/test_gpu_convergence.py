@@ -48,7 +48,8 @@ def test_smoke_writes_study_and_throughput(tiny_parquet: Path, tmp_path: Path) -
             "--out-dir", str(out), "--runs-dir", str(tmp_path / "runs"),
         ]
     )  # fmt: skip
-    runs = json.loads((out / "throughput.json").read_text())["runs"]
+    runs = json.loads((out / "throughput.json").read_text())
+    assert json.loads((out / "run_report.json").read_text())["runs"] == runs
     assert [r["run"] for r in runs] == ["simclr_c1_seed0", "simclr_cut_seed0"]
     assert [r["c"] for r in runs] == [1.0, 3.0]
     assert all(r["steps"] == 2 and r["images"] == 16 for r in runs)
@@ -57,9 +58,10 @@ def test_smoke_writes_study_and_throughput(tiny_parquet: Path, tmp_path: Path) -
     assert {r["variant"] for r in rows} == {"c1", "cut"}
     assert (out / "summary.md").read_text().count("| simclr |") == 2
     assert (out / "curves.png").stat().st_size > 0
-    # the recipe flags StudyConfig does not carry reached every run
+    # the GPU flags (StudyConfig.extra_args) reached every run
     argv = json.loads((tmp_path / "runs/simclr_cut_seed0/result.json").read_text())["argv"]
-    assert argv[-4:] == ["--mixed-precision", "no", "--num-workers", "0"]
+    at = argv.index("--mixed-precision")
+    assert argv[at : at + 4] == ["--mixed-precision", "no", "--num-workers", "0"]
 
 
 def test_refuses_to_start_without_a_gpu_unless_told() -> None:

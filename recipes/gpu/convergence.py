@@ -7,7 +7,8 @@ the paper's heads, batch 512, bf16, the paper's effective peak lrs (SimCLR 0.36,
 a 10-epoch warm-up inside a 500-epoch cosine horizon (the run is the start of the paper's
 schedule), Nesterov per method (the recipes' default), constant EMA for BYOL, λ = 5e-4 and
 full-bank kNN (60,000 images, k = 200) every ``--eval-every-epochs``. It adds
-``throughput.json``: wall time, steps, images and images/s of every run.
+``throughput.json``: wall time, steps, images and images/s of every run (``run_report.json``
+adds the command, the settings and the environment).
 
 Two budgets (``--budget``): ``fit`` (default) is what one 10-minute device command holds
 (see ``recipes/results/gpu_convergence/ESTIMATE.md``); ``full`` is the issue's 100-epoch run,
@@ -33,12 +34,12 @@ them there). Tiny CPU smoke (what ``tests/test_gpu_convergence.py`` runs)::
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,65 +116,6 @@ def extra_argv(args: argparse.Namespace) -> list[str]:
     return ["--mixed-precision", args.mixed_precision, "--num-workers", str(args.num_workers)]
 
 
-@contextlib.contextmanager
-def study_hooks(extra: Sequence[str], report: dict[str, Any]) -> Iterator[None]:
-    """Inside ``run_study``: append ``extra`` to every run's recipe flags, and write
-    ``throughput.json`` whenever the study writes its outputs (after each finished run, so a
-    command cut short by its time limit still returns the runs it finished).
-
-    ``StudyConfig`` has no field for further recipe flags; this wraps the module's
-    ``train_argv`` and ``write_outputs`` for the duration (undone on exit) so the study's queue,
-    resume and outputs are reused unchanged.
-    """
-    from hub_cutinit.experiments import convergence
-
-    argv_fn, write_fn = convergence.train_argv, convergence.write_outputs
-    started = time.perf_counter()
-
-    def train_argv(*a: Any, **k: Any) -> list[str]:
-        return [*argv_fn(*a, **k), *extra]
-
-    def write_outputs(cfg: Any, payloads: Sequence[dict[str, Any]]) -> list[Path]:
-        paths = write_fn(cfg, payloads)
-        report["total_wall_s"] = round(time.perf_counter() - started, 2)
-        report["runs"] = throughput(payloads)
-        path = Path(cfg.out_dir) / "throughput.json"
-        path.write_text(json.dumps(report, indent=1) + "\n")
-        return [*paths, path]
-
-    convergence.train_argv, convergence.write_outputs = train_argv, write_outputs
-    try:
-        yield
-    finally:
-        convergence.train_argv, convergence.write_outputs = argv_fn, write_fn
-
-
-def throughput(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run: wall time (evaluation included), steps, images and training images/s."""
-    rows = []
-    for p in payloads:
-        res = p["result"]
-        wall = float(p["wall_s"])
-        rows.append(
-            {
-                "run": f"{p['method']}_{p['variant']}_seed{p['seed']}",
-                "c": res.get("c"),
-                "wall_s": round(wall, 2),
-                "train_wall_s": res.get("wall_time_s"),
-                "steps": res.get("steps"),
-                "images": res.get("images_seen"),
-                "train_images_per_s": res.get("train_images_per_s"),
-                "images_per_s_with_eval": (
-                    round(res["images_seen"] / wall, 1)
-                    if wall > 0 and res.get("images_seen")
-                    else None
-                ),
-                "final_knn": res.get("knn_accuracy"),
-            }
-        )
-    return rows
-
-
 def step_flops(
     method: str,
     *,
@@ -228,7 +170,7 @@ def environment() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the study; write its outputs and ``throughput.json`` to ``--out-dir``."""
+    """Run the study; write its outputs and ``run_report.json`` to ``--out-dir``."""
     args = build_parser().parse_args(argv)
     import torch
 
@@ -237,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "no CUDA device: this study is sized for a GPU; pass --device-check no (and tiny "
             "settings, see the module docstring) to run it on a CPU."
         )
-    from hub_cutinit.experiments.convergence import run_study
+    from hub_cutinit.experiments.convergence import run_study, throughput
 
     cfg = study_config(args)
     report: dict[str, Any] = {
@@ -246,11 +188,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": dict(vars(args)),
         "environment": environment(),
     }
-    with study_hooks(extra_argv(args), report):
-        run_study(cfg)
+    started = time.perf_counter()
+    payloads = run_study(dataclasses.replace(cfg, extra_args=extra_argv(args)))
+    report["total_wall_s"] = round(time.perf_counter() - started, 2)
+    report["runs"] = throughput(payloads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "run_report.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["runs"], indent=1))
     return report
 

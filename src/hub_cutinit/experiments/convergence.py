@@ -81,6 +81,8 @@ class StudyConfig:
     eval_every_epochs: int = 1
     knn_k: int = 200
     threads: int = 1
+    #: further recipe flags for every run (e.g. ``["--mixed-precision", "bf16"]`` on a GPU)
+    extra_args: Sequence[str] = ()
     out_dir: str = "recipes/results/convergence"
     runs_dir: str | None = None
 
@@ -134,6 +136,7 @@ def train_argv(cfg: StudyConfig, method: str, variant: str, seed: int, out: Path
     overrides = {**get_preset(method, cfg.heads)}
     if cfg.backbone_kwargs:
         overrides["backbone_kwargs"] = cfg.backbone_kwargs
+    argv += list(cfg.extra_args)
     if overrides:
         argv += ["--set", *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]
     return argv
@@ -381,11 +384,38 @@ def write_outputs(cfg: StudyConfig, payloads: Sequence[Mapping[str, Any]]) -> li
     baselines = dict(payloads[0]["result"].get("baselines") or {}) if payloads else {}
     _write_csv(rows, out / "study.csv")
     _write_csv(summary, out / "summary.csv")
+    write_text_atomic(out / "throughput.json", json.dumps(throughput(payloads), indent=1) + "\n")
     write_text_atomic(out / "summary.md", summary_markdown(summary, baselines))
-    paths = [out / "study.csv", out / "summary.csv", out / "summary.md"]
+    paths = [out / "study.csv", out / "summary.csv", out / "summary.md", out / "throughput.json"]
     if rows:
         paths.append(save_figure(convergence_figure(payloads), out / "curves.png"))
     return paths
+
+
+def throughput(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run: wall time (evaluation included), steps, images and training images/s."""
+    rows = []
+    for p in payloads:
+        res = p["result"]
+        wall = float(p["wall_s"])
+        rows.append(
+            {
+                "run": f"{p['method']}_{p['variant']}_seed{p['seed']}",
+                "c": res.get("c"),
+                "wall_s": round(wall, 2),
+                "train_wall_s": res.get("wall_time_s"),
+                "steps": res.get("steps"),
+                "images": res.get("images_seen"),
+                "train_images_per_s": res.get("train_images_per_s"),
+                "images_per_s_with_eval": (
+                    round(res["images_seen"] / wall, 1)
+                    if wall > 0 and res.get("images_seen")
+                    else None
+                ),
+                "final_knn": res.get("knn_accuracy"),
+            }
+        )
+    return rows
 
 
 def _band(ax: Any, series: list[list[tuple[float, float]]], label: str, color: Any) -> None:
