@@ -18,7 +18,9 @@ Two halves:
   - ``before_rename:N``: in the checkpoint of step N, everything written, just before
     ``os.replace`` turns ``.tmp-step_N`` into ``step_N``;
   - ``mid_step:N``: in the N-th call of ``Trainer.training_step`` *in this process*, after the optimiser
-    step (an update that no checkpoint holds).
+    step (an update that no checkpoint holds);
+  - ``stop_step:N``: like ``mid_step`` but SIGSTOP instead of SIGKILL: the process hangs (a lost
+    node that never closes its connections); the parent kills it.
 
   ``HUB_CUTINIT_FAULT_SLOW=SECONDS`` sleeps that long inside every checkpoint write (between
   ``save_state`` and the rename) and half as long after every training step, so that kills sent
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WRAPPER = Path(__file__).resolve()
 FAULT_ENV = "HUB_CUTINIT_FAULT"
 SLOW_ENV = "HUB_CUTINIT_FAULT_SLOW"
-PHASES = ("after_save_state", "mid_state_json", "before_rename", "mid_step")
+PHASES = ("after_save_state", "mid_state_json", "before_rename", "mid_step", "stop_step")
 
 #: A recipe run that takes well under a second of compute per step on one CPU thread.
 TINY_RECIPE_FLAGS = [
@@ -142,6 +144,23 @@ def install_fault(spec: str | None, slow: float = 0.0) -> None:
     ckpt.json = _Json()
     ckpt.os = _Os()
 
+    original_write_json = ckpt.write_json_atomic
+
+    def write_json_atomic(path: Any, payload: Any, **kwargs: Any) -> Any:
+        # checkpoints write trainer_state.json through hub_cutinit.atomic: half of it lands in
+        # the atomic writer's temporary file, fsynced, then the process dies
+        if phase == "mid_state_json" and _step_of(Path(path).parent) == n:
+            text = json.dumps(payload, indent=1, **kwargs)
+            tmp = Path(path).with_name(f".{Path(path).name}.fault.tmp")
+            with open(tmp, "w") as fp:
+                fp.write(text[: len(text) // 2])
+                fp.flush()
+                os.fsync(fp.fileno())
+            _die(f"in the middle of writing {path}")
+        return original_write_json(path, payload, **kwargs)
+
+    ckpt.write_json_atomic = write_json_atomic
+
     original_step = Trainer.training_step
     calls = [0]
 
@@ -152,6 +171,9 @@ def install_fault(spec: str | None, slow: float = 0.0) -> None:
             time.sleep(slow / 2)
         if phase == "mid_step" and calls[0] == n:
             _die(f"after the optimiser step of training_step call {n}")
+        if phase == "stop_step" and calls[0] == n:
+            print(f"FAULT: SIGSTOP after training_step call {n}", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
         return result
 
     Trainer.training_step = training_step
@@ -300,3 +322,105 @@ def write_image_parquet(
 
 if __name__ == "__main__":
     _wrapper_main(sys.argv[1:])
+
+
+# -- two processes without a launcher (issue 14: a dead rank) -----------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PairRun:
+    """Two ranks of one gloo run: their :class:`Run` and when each exited (monotonic seconds)."""
+
+    runs: list[Run]
+    exited_at: list[float]
+
+    def tail(self, n: int = 2500) -> str:
+        return "\n".join(f"=== rank {r}\n{run.tail(n)}" for r, run in enumerate(self.runs))
+
+
+def run_pair(
+    recipe: str,
+    argv: Sequence[str],
+    *,
+    fault_rank: int | None = None,
+    fault: str | None = None,
+    timeout: float = 300,
+    grace: float = 90,
+) -> PairRun:
+    """Run ``recipes/<recipe>.py argv`` as ranks 0 and 1 of a gloo group on this machine, each
+    process started directly (``RANK``/``WORLD_SIZE``/``MASTER_*`` set, as torchrun would, but
+    with no launcher that could stop the survivor): what each node of a 2-node job sees.
+    ``fault`` (``PHASE:N``, see :func:`install_fault`) is installed in ``fault_rank`` only.
+    Once one process has exited, the other gets ``grace`` seconds before it is SIGKILLed (a
+    SIGSTOPped one never exits by itself).
+    """
+    port = free_port()
+    procs, files = [], []
+    for rank in range(2):
+        extra = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+        }
+        if fault and rank == fault_rank:
+            extra[FAULT_ENV] = fault
+        out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        files.append((out_f, err_f))
+        cmd = [sys.executable, str(WRAPPER), str(ROOT / "recipes" / f"{recipe}.py"), *argv]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out_f,
+                stderr=err_f,
+                text=True,
+                env=subprocess_env(**extra),
+                cwd=ROOT,
+            )
+        )
+    exited = [0.0, 0.0]
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not all(exited):
+            for rank, proc in enumerate(procs):
+                if not exited[rank] and proc.poll() is not None:
+                    exited[rank] = time.monotonic()
+                    deadline = min(deadline, exited[rank] + grace)
+            time.sleep(0.02)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    runs = []
+    for proc, (out_f, err_f) in zip(procs, files, strict=True):
+        out_f.seek(0)
+        err_f.seek(0)
+        runs.append(Run(proc.returncode, out_f.read(), err_f.read()))
+        out_f.close()
+        err_f.close()
+    return PairRun(runs, [t or float("inf") for t in exited])
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes (zombies included) whose command line contains ``text``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids

@@ -37,7 +37,9 @@ huggingface_hub 2.4, timm 1.0 and transformers 5):
   token whose user owns the namespace (401 without a token, 403 for another namespace); private
   repos are invisible (401 ``RepoNotFound``) to others.
 * Programmable failures: :meth:`FakeHub.fail_next` makes the next N matching requests return a
-  status (500 by default); :attr:`FakeHub.requests` records method, path, status and whether an
+  status (500 by default); :meth:`FakeHub.drop_next` makes the next N matching requests lose
+  their connection mid-upload (the server reads part of the body, then closes the socket
+  without an answer, and applies nothing); :attr:`FakeHub.requests` records method, path, status and whether an
   Authorization header was sent (never the token itself).
 
 What it does NOT implement (a test relying on these fails loudly with 400/404/501):
@@ -172,6 +174,7 @@ class FakeHub:
         self.orgs: dict[str, list[str]] = {k: list(v) for k, v in (orgs or {}).items()}
         self.repos: dict[tuple[str, str], Repo] = {}
         self.failures: list[Failure] = []
+        self.drops: list[Failure] = []  # drop_next: connections cut mid-request
         self.requests: list[RequestRecord] = []
         self.lock = threading.RLock()
         self._counter = itertools.count()
@@ -229,11 +232,22 @@ class FakeHub:
             self.failures.append(failure)
         return failure
 
+    def drop_next(
+        self, n: int = 1, *, path_contains: str | None = None, method: str | None = None
+    ) -> Failure:
+        """Cut the connection of the next ``n`` matching requests mid-upload: half the body is
+        read, then the socket is closed with no answer (recorded with status 0)."""
+        drop = Failure(n, 0, path_contains, method)
+        with self.lock:
+            self.drops.append(drop)
+        return drop
+
     def reset(self) -> None:
         """Forget repos, programmed failures and the request log."""
         with self.lock:
             self.repos.clear()
             self.failures.clear()
+            self.drops.clear()
             self.requests.clear()
 
     def files(
@@ -410,6 +424,8 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        if self._drop(method, path, split.query):
+            return
         body = self._read_body() if method in ("POST", "PUT", "DELETE") else b""
         try:
             with hub.lock:
@@ -435,6 +451,29 @@ class _Handler(BaseHTTPRequestHandler):
                         method, path, split.query, self._status, "Authorization" in self.headers
                     )
                 )
+
+    def _drop(self, method: str, path: str, query: str) -> bool:
+        """Cut this request's connection mid-upload when :meth:`FakeHub.drop_next` says so."""
+        import socket
+
+        hub = self.server_hub
+        with hub.lock:
+            drop = next((d for d in hub.drops if d.matches(method, path)), None)
+            if drop is None:
+                return False
+            drop.remaining -= 1
+            hub.requests.append(
+                RequestRecord(method, path, query, 0, "Authorization" in self.headers)
+            )
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:  # (a chunked body is cut before its first byte)
+            self.rfile.read(max(1, length // 2))
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return True
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         self._dispatch("GET")

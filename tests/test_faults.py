@@ -240,7 +240,7 @@ def test_recipe_push_failure_is_clear_and_keeps_the_trained_model(
     assert check_complete(latest_checkpoint(out)) == 2
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         ["README.md", "checkpoints", "config.json", "model.safetensors", "norms.png"]
-        + ["ssl_heads.safetensors"]
+        + ["convergence.png", "ssl_heads.safetensors"]
     )
     assert ("model", f"{HUB_USER}/failing") not in fake_hub.repos or failure == "5xx"
 

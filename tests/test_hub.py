@@ -285,12 +285,15 @@ def test_unknown_block_fields_warn_but_load(saved, tmp_path: Path) -> None:
     _, out = saved
     copy = _copy(out, tmp_path / "newer")
     config = json.loads((copy / "config.json").read_text())
-    config[BLOCK_KEY]["format_version"] = FORMAT_VERSION + 1
     config[BLOCK_KEY]["shiny_new_field"] = {"x": 1}
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.warns(UserWarning, match="shiny_new_field"):
         loaded = load_ssl_model(copy)
     assert loaded.cut_init_c == 9.0
+    config[BLOCK_KEY]["format_version"] = FORMAT_VERSION + 1
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="newer hub_cutinit.*pip install -U hub-cutinit"):
+        load_ssl_model(copy)
 
 
 def test_weights_not_matching_config_raise(saved, tmp_path: Path) -> None:

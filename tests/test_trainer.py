@@ -259,7 +259,10 @@ def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_pat
     assert cfg.backbone_kwargs == StudyConfig().backbone_kwargs != {}
     argv = train_argv(cfg, "byol", "c1-lr", 0, tmp_path / "run")
     parsed = parse_args("byol", argv)
-    assert parsed.overrides["backbone_kwargs"] == {"channels": [16, 32, 64, 128], "output_stride": 8}
+    assert parsed.overrides["backbone_kwargs"] == {
+        "channels": [16, 32, 64, 128],
+        "output_stride": 8,
+    }
     assert parsed.c == 1 and parsed.normalized_lr_scale == 81
     assert parsed.ema_schedule == "constant" and parsed.cosine_epochs == 80
     assert parsed.lr == 0.04 and parsed.weight_decay == 5e-4

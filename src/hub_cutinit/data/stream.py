@@ -21,7 +21,10 @@
 - **lazy decode, corrupt images**: images are decoded only when yielded. An image that fails
   to decode (or to convert to RGB) is skipped; the number skipped since the previous yielded
   sample of the same worker rides along as ``sample["num_corrupt"]``, so the count crosses
-  process boundaries inside the batches (see :class:`SSLDataLoader`);
+  process boundaries inside the batches (see :class:`SSLDataLoader`). Under an
+  :class:`SSLDataLoader`, those after a worker's last sample come as a marker sample
+  (``TRAILING_CORRUPT``) and those in a dropped partial batch are counted too: every corrupt
+  row is counted;
 - **network errors are not corrupt images**: an HTTP / connection error that survives the
   clients' own retries (``huggingface_hub`` retries 5xx, ``datasets`` retries disconnects),
   while reading a shard or fetching a remote image, raises :class:`StreamReadError` naming the
@@ -64,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 _HF_IMAGE = datasets.Image()  # decoder for {"bytes", "path"} values (local or remote paths)
 _STATE_KEY = "hub_cutinit"
+#: Key of the marker "sample" carrying the count of corrupt images after a stream's last sample.
+TRAILING_CORRUPT = "trailing_corrupt"
 
 
 class _OneExampleBufferFilter(logging.Filter):
@@ -254,6 +259,9 @@ class SSLImageStream(torch.utils.data.IterableDataset):
         self._state: dict[str, Any] | None = None  # position after the last yielded sample
         self._resume: dict[str, Any] | None = None  # loaded, used by the next __iter__
         self._last_error: Exception | None = None
+        #: yield a ``{TRAILING_CORRUPT: True, "num_corrupt": n}`` marker for corrupt images after
+        #: the last sample (set by :class:`SSLDataLoader`, which counts and drops it)
+        self.report_trailing_corrupt = False
 
     # -- epochs and state ---------------------------------------------------------------------
     @property
@@ -359,10 +367,12 @@ class SSLImageStream(torch.utils.data.IterableDataset):
                 break
             source = self.dataset.state_dict()  # the source position after this block
             block, pos = block + 1, 0
-        if skipped:
+        if skipped and self.report_trailing_corrupt:
+            yield {TRAILING_CORRUPT: True, "num_corrupt": skipped}  # counted by SSLDataLoader
+        elif skipped:
             logger.warning(
                 "%d corrupt image(s) at the end of worker %d's stream were skipped but not "
-                "reported in a batch",
+                "reported in a batch (iterate through an SSLDataLoader to count them)",
                 skipped,
                 worker_id,
             )
@@ -378,6 +388,10 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         >>> [tuple(v.shape) for v in b["views"]], b["label"].tolist(), b["num_corrupt"]
         ([(2, 3, 4, 4), (2, 3, 4, 4)], [1, 1], 2)
     """
+    num_corrupt = int(sum(s.get("num_corrupt", 0) for s in samples))
+    samples = [s for s in samples if not s.get(TRAILING_CORRUPT)]
+    if not samples:  # only the end-of-stream marker: nothing to train on, a count to report
+        return {"label": torch.zeros(0, dtype=torch.long), "num_corrupt": num_corrupt}
     first = samples[0]
     batch: dict[str, Any] = {}
     if "views" in first:
@@ -391,7 +405,7 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         ids = [s["id"] for s in samples]
         numeric = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
         batch["id"] = torch.tensor(ids, dtype=torch.long) if numeric else ids
-    batch["num_corrupt"] = int(sum(s.get("num_corrupt", 0) for s in samples))
+    batch["num_corrupt"] = num_corrupt
     return batch
 
 
@@ -411,8 +425,15 @@ class SSLDataLoader(StatefulDataLoader):
     Build it with :func:`make_train_loader` or :func:`make_eval_loader`.
     """
 
-    def __init__(self, dataset: SSLImageStream, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, dataset: SSLImageStream, *args: Any, full_batches: bool = False, **kwargs: Any
+    ) -> None:
+        if isinstance(dataset, SSLImageStream):  # before workers copy it
+            dataset.report_trailing_corrupt = True
         super().__init__(dataset, *args, **kwargs)
+        #: yield only batches of ``batch_size`` samples; the corrupt images reported with a
+        #: shorter (last) batch are still counted before it is dropped
+        self.full_batches = full_batches
         self.num_corrupt = 0
         self._epoch_finished = False
 
@@ -429,6 +450,9 @@ class SSLDataLoader(StatefulDataLoader):
         self._epoch_finished = False
         for batch in iterator:
             self.num_corrupt += int(batch.get("num_corrupt", 0))
+            size = len(batch["label"])
+            if size == 0 or (self.full_batches and size < (self.batch_size or 0)):
+                continue  # counted above; a partial batch (or only the end-of-stream count)
             yield batch
         self._epoch_finished = True
 
@@ -468,7 +492,8 @@ def make_train_loader(
     prefetch_factor: int | None = None,
     snapshot_every_n_steps: int = 1,
 ) -> SSLDataLoader:
-    """The training loader: full batches only (``drop_last=True``), views stacked.
+    """The training loader: full batches only (a last partial batch is dropped once its
+    corrupt images are counted), views stacked.
 
     Batches are dicts ``views`` (list of ``(batch_size, 3, H, W)``, global views first),
     ``label`` (int64, -1 = unlabelled), ``id`` (when the dataset has one) and ``num_corrupt``.
@@ -508,7 +533,9 @@ def make_train_loader(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=collate_samples,
-        drop_last=True,
+        # the last partial batch is collated so its corrupt-image count is kept, then dropped
+        drop_last=False,
+        full_batches=True,
         pin_memory=pin_memory,
         snapshot_every_n_steps=snapshot_every_n_steps,
         **kwargs,

@@ -17,9 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +47,7 @@ __all__ = [
     "check_block",
     "write_text_atomic",
     "write_bytes_atomic",
+    "is_disk_full",
 ]
 
 #: Version of the ``hub_cutinit`` block; bump it when its meaning changes.
@@ -119,6 +122,35 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_disk_full(err: BaseException, folder: str | os.PathLike[str]) -> bool:
+    """True when ``err``, raised while writing into ``folder``, means the disk (or quota) is full.
+
+    ``OSError`` carries ``ENOSPC``/``EDQUOT``/``EFBIG``, but ``torch.save`` raises a bare
+    ``RuntimeError`` ("unexpected pos ...") and safetensors its own error ("No space left
+    on device" / "StorageFull"): those count when the folder's filesystem has under 4 MiB free.
+
+    Example:
+        >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"), ".")
+        True
+        >>> is_disk_full(RuntimeError("shape mismatch"), ".")
+        False
+    """
+    if isinstance(err, OSError) and err.errno is not None:
+        return err.errno in _DISK_FULL_ERRNOS
+    text = str(err)
+    if "No space left on device" in text or "StorageFull" in text:
+        return True
+    if not isinstance(err, RuntimeError) or "unexpected pos" not in text and "write" not in text:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 4 << 20
+    except OSError:
+        return False
+
+
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """``config.json`` of a saved model; ``ValueError`` when it is missing or not ours."""
     path = Path(directory) / CONFIG_NAME
@@ -138,29 +170,49 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def check_block(block: Mapping[str, Any]) -> dict[str, Any]:
+def check_block(
+    block: Mapping[str, Any], *, source: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Validate the ``hub_cutinit`` block; warn about fields this version does not know.
 
-    Raises ``ValueError`` when a required field is missing; unknown fields (for example from a
-    newer format version) only trigger a ``UserWarning`` and are ignored.
+    Raises ``ValueError`` (naming ``source``, the config.json, when given) when a required
+    field is missing, ``format_version`` is not a positive integer, or it is newer than this
+    version reads (the fix: upgrade hub_cutinit). Unknown fields of a readable format only
+    warn (``UserWarning`` naming the file and the fields ignored).
+
+    Example:
+        >>> check_block({"format_version": 2, "c": 3.0, "config": {}}, source="m/config.json")
+        Traceback (most recent call last):
+        ...
+        ValueError: m/config.json: its 'hub_cutinit' block lacks ['method']; ...
     """
+    where = f"{os.fspath(source)}: its" if source is not None else "config.json's"
     missing = [key for key in _REQUIRED_BLOCK_KEYS if key not in block]
     if missing:
         raise ValueError(
-            f"config.json's '{BLOCK_KEY}' block lacks {missing}; it was not written by "
-            "hub_cutinit.hub.save_pretrained (or was edited by hand)."
+            f"{where} '{BLOCK_KEY}' block lacks {missing}; it was not written by "
+            "hub_cutinit.hub.save_pretrained (or was edited by hand): save the model again."
         )
     version = block["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ValueError(
-            f"'{BLOCK_KEY}.format_version' must be a positive integer, got {version!r}."
+            f"{where} '{BLOCK_KEY}.format_version' must be a positive integer, got "
+            f"{version!r}; save the model again."
+        )
+    if version > FORMAT_VERSION:
+        # format 2 changed what `hparams` means: a newer format may change meanings again, so
+        # reading it with this version's rules could silently misstate the model
+        raise ValueError(
+            f"{where} '{BLOCK_KEY}' block was written by a newer hub_cutinit (format version "
+            f"{version} > {FORMAT_VERSION}, the newest this version reads); upgrade hub_cutinit "
+            "(pip install -U hub-cutinit) to load it."
         )
     unknown = sorted(set(block) - KNOWN_BLOCK_KEYS)
-    if unknown or version > FORMAT_VERSION:
+    if unknown:
         warnings.warn(
-            f"config.json's '{BLOCK_KEY}' block (format version {version}) has fields this "
-            f"version of hub_cutinit (format version {FORMAT_VERSION}) does not know: {unknown}. "
-            "They are ignored; upgrade hub_cutinit to use them.",
+            f"{where} '{BLOCK_KEY}' block (format version {version}) has fields this version "
+            f"of hub_cutinit does not know: {unknown}. They are ignored; upgrade hub_cutinit "
+            "(pip install -U hub-cutinit) to use them.",
             UserWarning,
             stacklevel=3,
         )

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from hub_cutinit.hub.format import (
     LOAD_FILES,
     MANAGED_FILES,
     check_block,
+    is_disk_full,
     read_config,
     to_jsonable,
 )
@@ -493,6 +495,17 @@ def save_pretrained(
     try:
         _write_save(tmp, config, backbone, weights)
         _install(tmp, out_dir)
+    except Exception as err:  # safetensors and torch report a full disk without an errno
+        if not is_disk_full(err, out_dir.parent):
+            raise
+        raise OSError(
+            getattr(err, "errno", None) or errno.ENOSPC,
+            f"No space left on device while saving the model to {out_dir} "
+            f"({getattr(err, 'strerror', None) or err})."
+            f" Nothing in {out_dir} was changed (no partial config.json or weights; training "
+            "checkpoints are kept). Free space on that disk and save again (a training run: "
+            "rerun it with --resume, which restores the last checkpoint and saves).",
+        ) from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -555,7 +568,15 @@ def _rebuild_model(directory: Path, block: Mapping[str, Any]) -> SSLModel:
             raise ValueError(
                 f"{directory / name} is missing; a hub_cutinit save has both weight files."
             )
-    backbone = timm.create_model(f"local-dir:{directory}", pretrained=False)
+    try:
+        backbone = timm.create_model(f"local-dir:{directory}", pretrained=False)
+    except RuntimeError as err:  # "Unknown model (...)": not in this timm version
+        raise ValueError(
+            f"{directory / CONFIG_NAME} names architecture "
+            f"{json.loads((directory / CONFIG_NAME).read_text()).get('architecture')!r}, which "
+            f"this timm ({timm.__version__}) cannot build ({err}). Upgrade timm "
+            "(pip install -U timm) or fix 'architecture' in that file."
+        ) from err
     try:
         model = create_ssl_model(block["method"], backbone, c=1, **overrides)
     except ValueError as err:
@@ -616,7 +637,7 @@ def load_ssl_model(
     """
     directory = resolve_model_dir(path_or_id, revision=revision, token=token, cache_dir=cache_dir)
     config = read_config(directory)
-    block = check_block(config[BLOCK_KEY])
+    block = check_block(config[BLOCK_KEY], source=directory / CONFIG_NAME)
     c = float(block["c"])
     model = _rebuild_model(directory, block)
     state = _read_state(directory)

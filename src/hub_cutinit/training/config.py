@@ -72,6 +72,7 @@ class TrainConfig:
     normalized_lr_scale: float = 1.0
     convergence_monitor: bool = True
     eval_every_epochs: int = 1
+    collective_timeout: float = 1800.0
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ class TrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}."
                 )
-        for name in ("c", "lr", "weight_decay", "knn_temperature"):
+        for name in ("c", "lr", "weight_decay", "knn_temperature", "collective_timeout"):
             value = getattr(self, name)
             if value is not None and (
                 not math.isfinite(value) or value < 0 or (value == 0 and name != "weight_decay")
@@ -444,6 +445,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--resume", action="store_true", help="continue from the latest complete checkpoint"
+    )
+    p.add_argument(
+        "--collective-timeout",
+        type=float,
+        default=d["collective_timeout"].default,
+        metavar="SECONDS",
+        help="multi-process runs: a process that waits this long for another in a collective "
+        "stops with a message naming it (resume with --resume)",
     )
     p.add_argument(
         "--checkpoint-every",

@@ -24,12 +24,13 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from hub_cutinit import data as data_lib
@@ -39,6 +40,9 @@ from hub_cutinit.factory import create_ssl_model
 from hub_cutinit.monitor import StepAngleMonitor
 from hub_cutinit.norms import NormHistory, NormTracker
 from hub_cutinit.training.checkpoint import (
+    OutputDirLockedError,
+    RunLock,
+    acquire_run_lock,
     checkpoint_layout,
     latest_checkpoint,
     load_checkpoint,
@@ -49,7 +53,14 @@ from hub_cutinit.training.config import TrainConfig
 from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
 from hub_cutinit.training.record import RunRecord, TrainerState
 
-__all__ = ["Trainer", "StepResult", "NonFiniteLossError", "tune_cpu_allocator", "PROBE_SIZE"]
+__all__ = [
+    "Trainer",
+    "StepResult",
+    "NonFiniteLossError",
+    "LostProcessError",
+    "tune_cpu_allocator",
+    "PROBE_SIZE",
+]
 
 #: Images in the fixed probe batch of the convergence monitor.
 PROBE_SIZE = 64
@@ -57,6 +68,46 @@ PROBE_SIZE = 64
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped before applying the bad update."""
+
+
+class LostProcessError(RuntimeError):
+    """Another process of a multi-process run died or stopped answering; this one stopped too.
+
+    The message names the lost rank (when it can be known) and says how to resume.
+    """
+
+
+#: Lower-case fragments of the errors gloo / NCCL / the store raise when a peer is gone.
+_LOST_PEER_SIGNS = (
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "connection refused",
+    "socket",
+    "gloo",
+    "nccl",
+)
+
+
+def _lost_process_message(
+    err: BaseException, rank: int, world: int, step: int, last_ckpt: Any, timeout: float
+) -> str:
+    others = [r for r in range(world) if r != rank]
+    lost = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    kept = (
+        f"the last complete checkpoint is {last_ckpt}"
+        if last_ckpt
+        else "no checkpoint was written yet (the run restarts from step 0)"
+    )
+    return (
+        f"Lost process {lost} of {world} during step {step + 1}: it died (killed, out of "
+        f"memory, node lost) or did not answer within --collective-timeout {timeout:g} s. "
+        f"This process (rank {rank}) stops too; {kept}. To continue, start the same command "
+        f"again with --resume on all {world} processes. [{type(err).__name__}: {first}]"
+    )
 
 
 def tune_cpu_allocator() -> bool:
@@ -139,11 +190,15 @@ class Trainer:
         self._micro_step = 0
         self._window = (time.perf_counter(), 0)
         self.last_log: dict[str, float] = {}
+        self.lock: RunLock | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Accelerator, model, data, optimiser and the run record."""
+    def setup(self, *, lock: bool = False) -> None:
+        """Accelerator, model, data, optimiser and the run record; ``lock``: also lock
+        ``--output-dir`` (:meth:`lock_output_dir`) right after the accelerator is up."""
         self.setup_accelerator()
+        if lock:
+            self.lock_output_dir()
         self.setup_model()
         self.setup_data()
         steps_per_epoch = self._steps_per_epoch()
@@ -164,6 +219,10 @@ class Trainer:
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=cfg.log_with,
             project_dir=cfg.output_dir,
+            # a dead peer otherwise hangs the others in a collective for torch's 30 min
+            kwargs_handlers=[
+                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout))
+            ],
         )
         if self.accelerator.device.type == "cpu":
             tune_cpu_allocator()
@@ -230,6 +289,43 @@ class Trainer:
         self.loader = data_lib.make_train_loader(
             self.stream, batch_size=cfg.batch_size, num_workers=self.num_workers
         )
+
+    def lock_output_dir(self) -> None:
+        """One run per ``--output-dir``: the main process takes the folder's lock file, and
+        every process stops at once (:class:`OutputDirLockedError`) when it is held."""
+        acc, error = self.accelerator, None
+        if acc.is_main_process:
+            try:
+                self.lock, notice = acquire_run_lock(self.cfg.output_dir)
+            except OutputDirLockedError as err:
+                error = err
+            else:
+                if notice:
+                    acc.print(notice)
+        if not _all_true(error is None, acc.device):
+            raise error or OutputDirLockedError(
+                f"{self.cfg.output_dir} is in use by another run (see the main process's error)."
+            )
+
+    def _lost_process(self, err: BaseException) -> LostProcessError | None:
+        """The error to raise when ``err`` says another process is gone, else ``None``."""
+        dist = torch.distributed
+        if isinstance(err, (NonFiniteLossError, LostProcessError)) or not (
+            dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        ):
+            return None
+        text = f"{err} {err.__cause__ or ''}".lower()
+        if not isinstance(err, dist.DistError) and not any(s in text for s in _LOST_PEER_SIGNS):
+            return None
+        message = _lost_process_message(
+            err,
+            dist.get_rank(),
+            dist.get_world_size(),
+            self.state.step,
+            latest_checkpoint(self.cfg.output_dir),
+            self.cfg.collective_timeout,
+        )
+        return LostProcessError(message)
 
     def _resolve_num_workers(self) -> int:
         """``--num-workers``; by default the checkpoint's on ``--resume`` with the same number
@@ -486,8 +582,24 @@ class Trainer:
 
     # -- epochs ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        """Set up, resume, train to ``total_steps``, save; return the run summary."""
-        self.setup()
+        """Set up, lock the output folder, resume, train to ``total_steps``, save; return the
+        run summary. A lost process raises :class:`LostProcessError` (how to resume)."""
+        try:
+            return self._train()
+        except RuntimeError as err:  # DistBackendError, gloo's "Connection closed by peer" ...
+            lost = self._lost_process(err)
+            if lost is None:
+                raise
+            raise lost from None
+        finally:
+            if getattr(self, "progress", None) is not None:
+                self.progress.close()  # also after an error: no stale bar at exit
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _train(self) -> dict[str, Any]:
+        self.setup(lock=True)
         self.resume()
         self.run_baselines()
         self.progress = tqdm(
