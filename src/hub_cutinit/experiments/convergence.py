@@ -237,12 +237,34 @@ def study_rows(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "step": step,
                 "epoch": step / res["steps_per_epoch"] if res.get("steps_per_epoch") else None,
                 "knn_accuracy": record["knn_accuracy"],
+                "decay": res["weight_decay"] * lr_sum(res),
             }
             for name in EMBEDDINGS:
                 row[f"norm_{name}"] = near.get(f"norm/{name}")
                 row[f"angle_{name}"] = near.get(f"angle/{name}")
             rows.append(row)
     return rows
+
+
+def lr_sum(result: Mapping[str, Any]) -> float:
+    """Σ lr over the run's steps (timm's linear warm-up, then the cosine over its horizon).
+
+    ``weight_decay × lr_sum`` is how far weight decay alone shrinks the weights (a factor
+    ``≈ exp(−λ·Σlr)``): the paper's "cut + λ keeps norms small" regime needs it large.
+
+    Example:
+        >>> round(lr_sum({"lr": 0.1, "warmup_steps": 0, "cosine_steps": 10**9, "steps": 100}), 6)
+        10.0
+    """
+    lr, warmup, horizon = result["lr"], result["warmup_steps"], result["cosine_steps"]
+    start = lr * 1e-3 if warmup else 0.0
+    total = 0.0
+    for t in range(result["steps"]):
+        if t < warmup:
+            total += start + t * (lr - start) / warmup
+        else:
+            total += 0.5 * lr * (1 + math.cos(math.pi * t / horizon))
+    return total
 
 
 def _interpolate_step(points: Sequence[tuple[int, float]], target: float) -> float | None:
@@ -296,12 +318,29 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         for label, fraction in (("q1", 0.25), ("half", 0.5), ("final", 1.0)):
             at = [_accuracy_at(points, fraction * last) for points in seeds.values()]
             row[f"knn_{label}"] = _mean_std(at)
+        row.update(_norm_movement(rows, method, variant))
         row["target"] = target
         reached = [_interpolate_step(points, target) for points in seeds.values()]
         row["steps_to_target"] = _mean_std([s for s in reached if s is not None])
         row["reached"] = sum(s is not None for s in reached)
         out.append(row)
     return out
+
+
+def _norm_movement(rows: Sequence[Mapping[str, Any]], method: str, variant: str) -> dict:
+    """Mean ‖projection‖ at the first and the last evaluation, and λ·Σlr, over seeds."""
+    mine = [r for r in rows if r["method"] == method and r["variant"] == variant]
+    first = min(r["step"] for r in mine)
+    last = max(r["step"] for r in mine)
+
+    def norms_at(step: int) -> list[float]:
+        return [r["norm_projection"] for r in mine if r["step"] == step and r["norm_projection"]]
+
+    return {
+        "norm_start": _mean_std(norms_at(first)),
+        "norm_end": _mean_std(norms_at(last)),
+        "decay": statistics.fmean(r["decay"] for r in mine),
+    }
 
 
 def _target(method: str, finals: Mapping[tuple[str, str], float], curves: Mapping) -> float:
@@ -338,14 +377,16 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], baselines: Mapping[st
     """The study's table in Markdown."""
     lines = [
         "| method | variant | kNN at ¼ run (%) | kNN at ½ run (%) | final kNN (%) | "
-        "target (%) | steps to target |",
-        "|---|---|---|---|---|---|---|",
+        "target (%) | steps to target | ‖projection‖ start → end | λ·Σlr |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
+        norms = f"{r['norm_start'][0]:.3g} → {r['norm_end'][0]:.3g}"
         lines.append(
             f"| {r['method']} | {r['variant']} | {_pm(r['knn_q1'])} | {_pm(r['knn_half'])} | "
             f"{_pm(r['knn_final'])} | {r['target'] * 100:.1f} | "
-            f"{_pm(r['steps_to_target'], pct=False)} ({r['reached']}/{r['seeds']} seeds) |"
+            f"{_pm(r['steps_to_target'], pct=False)} ({r['reached']}/{r['seeds']} seeds) | "
+            f"{norms} | {r['decay']:.3f} |"
         )
     if baselines:
         lines.append("")
@@ -510,6 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--out-dir", default=d.out_dir)
     p.add_argument("--runs-dir", default=None)
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rewrite the tables and figures from the finished runs (no training)",
+    )
     return p
 
 
@@ -520,5 +566,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for item in args.pop("lr"):
         method, _, value = item.partition("=")
         lrs[method] = float(value)
+    report_only = args.pop("report_only")
     cfg = StudyConfig(lrs=lrs, **args)
+    if report_only:
+        payloads = finished_runs(cfg)
+        write_outputs(cfg, payloads)
+        return payloads
     return run_study(cfg)
