@@ -255,6 +255,7 @@ def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_pat
 
     args = vars(build_parser().parse_args(["--out-dir", str(tmp_path)]))
     args.pop("lr")
+    assert args.pop("report_only") is False
     cfg = StudyConfig(**args)
     assert cfg.backbone_kwargs == StudyConfig().backbone_kwargs != {}
     argv = train_argv(cfg, "byol", "c1-lr", 0, tmp_path / "run")

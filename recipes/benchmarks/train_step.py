@@ -178,7 +178,7 @@ class HubRunner:
         """One :meth:`Trainer.training_step` (data loading, tqdm and evaluation excluded)."""
         result = self.trainer.training_step(self.views)
         self.last_embeddings = result.embeddings
-        if result.synced:
+        if result.log:  # logged steps only (the trainer reads its statistics every --log-every)
             self.last_log = result.log
             if self.first_loss is None:
                 self.first_loss = result.log["loss"]

@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -65,6 +68,38 @@ class MoCo(SSLModel):
             "queue", F.normalize(torch.randn(int(hp["queue_size"]), int(hp["proj_dim"])), dim=1)
         )
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    #: The queue should hold at least this many optimiser steps of keys.
+    MIN_QUEUE_STEPS = 4
+
+    def check_global_batch(self, global_batch: int) -> str | None:
+        """Warn (and return the warning) when the queue holds fewer than
+        :attr:`MIN_QUEUE_STEPS` steps of keys: each step enqueues both views' keys from every
+        process, ``2 × global_batch``, so at 8 × 256 the default 4,096-key queue holds only the
+        previous step's keys.
+
+        Example:
+            >>> import warnings
+            >>> from hub_cutinit import create_ssl_model
+            >>> model = create_ssl_model("moco", "test_resnet", queue_size=64, proj_dim=8,
+            ...                          proj_hidden_dim=8)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")
+            ...     "queue_size=512" in model.check_global_batch(64)
+            True
+        """
+        size, per_step = int(self.queue.shape[0]), 2 * int(global_batch)
+        if size >= self.MIN_QUEUE_STEPS * per_step:
+            return None
+        wanted = 1 << math.ceil(math.log2(self.MIN_QUEUE_STEPS * per_step))
+        message = (
+            f"MoCo's queue ({size:,} keys) holds {size / per_step:.2g} step(s) of keys at a global "
+            f"batch of {global_batch:,} (2 × {global_batch:,} keys enqueued per step); fewer "
+            f"than {self.MIN_QUEUE_STEPS} steps makes the negatives few and correlated. Raise "
+            f"it, e.g. --set queue_size={wanted}."
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        return message
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from hub_cutinit.cli_args import parse_set
 from hub_cutinit.registry import get_method_defaults, list_methods
+from hub_cutinit.training.speed import check_fp16_safe
 
 __all__ = ["TrainConfig", "build_parser", "parse_args"]
 
@@ -56,7 +57,9 @@ class TrainConfig:
     baselines: bool = True
     checkpoint_every: int = 0
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: bf16 on CUDA, no on CPU
+    channels_last: bool | None = None  # None: on for conv backbones on CUDA
+    checkpoint_minutes: float | None = None  # None: 30 on CUDA, epoch ends on CPU
     num_workers: int | None = None
     shuffle_buffer: int = 1000
     log_with: str | None = None
@@ -127,10 +130,7 @@ class TrainConfig:
             raise ValueError(
                 f"--grad-scale-power must be a finite number, got {self.grad_scale_power!r}."
             )
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(
-                f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}."
-            )
+        self._check_speed()
         if self.optimizer is not None and self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"--optimizer must be sgd, lars or adamw, got {self.optimizer!r}.")
         self._check_schedule()
@@ -149,6 +149,18 @@ class TrainConfig:
             raise ValueError(
                 f"Unknown --set key(s) {unknown} for {self.method}; valid: {sorted(defaults)}."
             )
+
+    def _check_speed(self) -> None:
+        """Mixed precision (fp16 refused where it underflows) and the checkpoint clock."""
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
+            raise ValueError(
+                f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}."
+            )
+        c = self.c if self.c is not None else get_method_defaults(self.method).get("c")
+        check_fp16_safe(self.method, float(c or 1.0), self.mixed_precision)
+        minutes = self.checkpoint_minutes
+        if minutes is not None and not (math.isfinite(minutes) and minutes >= 0):
+            raise ValueError(f"--checkpoint-minutes must be a finite number >= 0, got {minutes!r}.")
 
     def _check_schedule(self) -> None:
         for name in ("warmup_epochs", "cosine_epochs"):
@@ -352,8 +364,16 @@ def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
-        default="no",
-        help="bf16 works on CPU; fp16 only on GPU",
+        default=None,
+        help="autocast precision (default: bf16 on CUDA, no on CPU; fp16 only on GPU and not "
+        "for DINO at c >= 9)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format for the model and the views (default: on for "
+        "convolutional backbones on CUDA, off otherwise)",
     )
 
 
@@ -459,7 +479,16 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="checkpoint every N steps; 0: at each epoch end",
+        help="checkpoint every N steps (wins over --checkpoint-minutes); 0: see "
+        "--checkpoint-minutes",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=None,
+        metavar="M",
+        help="checkpoint every M minutes (checked on --log-every steps) and at the last step; "
+        "0: at each epoch end (default: 30 on CUDA, epoch ends on CPU)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the model, data order and views")
     p.add_argument(

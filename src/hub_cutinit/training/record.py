@@ -42,6 +42,12 @@ class RunRecord:
             on"`` or ``"no evaluation (unlabelled data)"``.
         eval_held_out_images: the size of that held-out slice (``None`` when there is none).
         num_workers: data-loading workers per process (``--num-workers`` or the automatic choice).
+        mixed_precision: the autocast precision used (``--mixed-precision``, by default bf16 on
+            CUDA and no on CPU).
+        channels_last / tf32: channels-last model and views; TF32 matmuls and
+            ``cudnn.benchmark`` (both CUDA only, see :mod:`hub_cutinit.training.speed`).
+        checkpoint_every / checkpoint_minutes: checkpoints every N steps, or every M minutes
+            (0 and 0: at epoch ends); the last step is always saved.
     """
 
     method: str
@@ -85,6 +91,10 @@ class RunRecord:
     eval_source: str = ""
     eval_held_out_images: int | None = None
     num_workers: int = 0
+    channels_last: bool = False
+    tf32: bool = False
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from hub_cutinit import data as data_lib
@@ -52,6 +52,13 @@ from hub_cutinit.training.checkpoint import (
 from hub_cutinit.training.config import TrainConfig
 from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
 from hub_cutinit.training.record import RunRecord, TrainerState
+from hub_cutinit.training.speed import (
+    StepStatistics,
+    enable_cuda_speedups,
+    resolve_channels_last,
+    resolve_checkpointing,
+    resolve_mixed_precision,
+)
 
 __all__ = [
     "Trainer",
@@ -67,7 +74,8 @@ PROBE_SIZE = 64
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped before applying the bad update."""
+    """The loss (or a gradient) became NaN or infinite; the run stopped, nothing trained after
+    that step was saved, and the step's update was zeroed (see :meth:`Trainer.training_step`)."""
 
 
 class LostProcessError(RuntimeError):
@@ -157,7 +165,8 @@ def _nonfinite_message(step: int, loss: float, lr: float, c: float, last_ckpt: A
 class StepResult:
     """What :meth:`Trainer.training_step` returns for one (micro-)batch.
 
-    ``log`` is filled only when the step synchronised gradients (an optimiser step happened).
+    ``log`` is filled only on logged steps (an optimiser step with ``step == 1`` or a multiple of
+    ``--log-every``); its loss and norms are means over the steps since the previous log.
     """
 
     embeddings: dict[str, torch.Tensor]
@@ -190,6 +199,9 @@ class Trainer:
         self._micro_step = 0
         self._window = (time.perf_counter(), 0)
         self.last_log: dict[str, float] = {}
+        self.stats: StepStatistics | None = None  # built on the first step
+        self._checkpoint_clock = time.perf_counter()
+        self._checkpoint_due = False
         self.lock: RunLock | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -211,22 +223,38 @@ class Trainer:
     def setup_accelerator(self) -> None:
         """The Accelerator (gloo on CPU under a multi-process launch), seed, allocator."""
         cfg = self.cfg
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.accelerator = self.accelerator or Accelerator(
             # without CUDA, run on CPU: under `accelerate launch --multi_gpu` or torchrun this
             # gives a gloo process group (MULTI_CPU) instead of a silent single process
-            cpu=not torch.cuda.is_available(),
-            mixed_precision=cfg.mixed_precision,
+            cpu=device_type == "cpu",
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device_type),
             gradient_accumulation_steps=cfg.grad_accum_steps,
             log_with=cfg.log_with,
             project_dir=cfg.output_dir,
-            # a dead peer otherwise hangs the others in a collective for torch's 30 min
             kwargs_handlers=[
-                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout))
+                # a dead peer otherwise hangs the others in a collective for torch's 30 min
+                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout)),
+                # No per-step broadcast of rank 0's buffers: no training forward reads them.
+                # The MoCo queue (+ pointer) and the DINO centre are filled from all-gathered /
+                # all-reduced tensors, so they are identical on every rank. BatchNorm (student
+                # and teacher: the teacher has no gradients, its weights follow the student's
+                # by EMA, its BN runs in training mode too) normalises with batch statistics
+                # while training (SyncBN: global ones on multi-GPU, so even the running
+                # statistics agree); the running statistics are read only in evaluation, from
+                # rank 0's model, which is what saves and checkpoints hold, and a broadcast
+                # from rank 0 never changes rank 0's own buffers. (A feature extraction split
+                # over ranks should broadcast rank 0's buffers once before it, as on gloo
+                # without SyncBN other ranks' running statistics differ a little.)
+                DistributedDataParallelKwargs(broadcast_buffers=False),
             ],
         )
+        self.tf32 = False
+        if self.accelerator.device.type == "cuda":
+            self.tf32 = enable_cuda_speedups()
         if self.accelerator.device.type == "cpu":
             tune_cpu_allocator()
-            if cfg.mixed_precision == "fp16":
+            if self.accelerator.mixed_precision == "fp16":
                 raise ValueError("fp16 autocast does nothing on CPU; use --mixed-precision bf16.")
         set_seed(cfg.seed)
         self.started = time.perf_counter()
@@ -239,6 +267,10 @@ class Trainer:
             from timm.layers import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
+        device_type = self.accelerator.device.type
+        self.channels_last = resolve_channels_last(cfg.channels_last, device_type, model.backbone)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = self.raw_model = model
 
     def setup_data(self) -> None:
@@ -368,6 +400,9 @@ class Trainer:
         """Resolve the run record, build the optimiser and schedule, prepare the model."""
         self.record = self.resolve_record(total_steps, steps_per_epoch)
         rec = self.record
+        check_batch = getattr(self.raw_model, "check_global_batch", None)
+        if check_batch is not None and self.accelerator.is_main_process:
+            check_batch(rec.global_batch_size)  # MoCo: warns when its queue is too short
         normalized: list[str] = []
         if rec.normalized_lr_scale != 1:
             size = self.cfg.image_size
@@ -432,7 +467,7 @@ class Trainer:
             grad_accum_steps=cfg.grad_accum_steps,
             num_processes=acc.num_processes,
             global_batch_size=global_batch,
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=str(acc.mixed_precision),
             image_size=cfg.image_size,
             dataset=cfg.dataset,
             train_split=cfg.train_split,
@@ -449,10 +484,17 @@ class Trainer:
         )
 
     def _data_record(self) -> dict[str, Any]:
-        """The run record's evaluation-source and data-loading fields."""
+        """The run record's speed, checkpoint, evaluation-source and data-loading fields."""
         plan = getattr(self, "eval_plan", None)
         eval_dataset = self.cfg.eval_dataset
+        every, minutes = resolve_checkpointing(
+            self.cfg.checkpoint_every, self.cfg.checkpoint_minutes, self.accelerator.device.type
+        )
         return {
+            "channels_last": bool(getattr(self, "channels_last", False)),
+            "tf32": bool(getattr(self, "tf32", False)),
+            "checkpoint_every": every,
+            "checkpoint_minutes": minutes,
             "eval_dataset": data_lib.dataset_label(eval_dataset) if eval_dataset else None,
             "eval_source": plan.source if plan is not None else "",
             "eval_held_out_images": plan.held_out_examples if plan is not None else None,
@@ -510,11 +552,27 @@ class Trainer:
     def training_step(self, views: list[torch.Tensor]) -> StepResult:
         """Forward, backward, optimiser and schedule on one (micro-)batch, plus norm statistics.
 
-        Raises :class:`NonFiniteLossError` (the loss as its argument) *before* the backward
-        pass if the loss is NaN or infinite on any process, so no bad update is applied.
+        **No host sync on steps that do not log**: the loss, the mean norms and a non-finite
+        flag stay on the device (:class:`~hub_cutinit.training.speed.StepStatistics`); a logged
+        step (``step == 1`` or a multiple of ``--log-every``) reads them with one fused
+        all-reduce and one host copy, and runs the convergence monitor.
+
+        **Non-finite policy** (no per-step sync): a step whose loss, or any gradient after DDP's
+        all-reduce, is NaN or infinite has its gradients zeroed on the device before the
+        optimiser step, so no NaN reaches the weights or the optimiser state. The run then stops
+        with :class:`NonFiniteLossError`, naming that step, at the next read: the next logged
+        step, or before any checkpoint, evaluation or final save, whichever comes first; so no
+        file holds anything trained after the bad step. (Under fp16, the grad scaler skips
+        steps with non-finite gradients itself; only a non-finite loss stops the run.)
         """
         acc, state = self.accelerator, self.state
-        views = [v.to(acc.device, non_blocking=True) for v in views]
+        memory = torch.channels_last if getattr(self, "channels_last", False) else None
+        views = [
+            v.to(acc.device, non_blocking=True, memory_format=memory)
+            if memory is not None and v.ndim == 4
+            else v.to(acc.device, non_blocking=True)
+            for v in views
+        ]
         if self.monitor is None and self.cfg.convergence_monitor:
             # a fixed probe: this process's first training images (PAPER §9's angle per step)
             self.monitor = StepAngleMonitor(views[0][:PROBE_SIZE].clone())
@@ -524,14 +582,13 @@ class Trainer:
         snapshot = self.monitor.before_step(self.raw_model) if watch else None
         with acc.accumulate(self.model):
             out = self.model(views)
-            loss_mean = acc.reduce(out.loss.detach().float(), reduction="mean")
-            if not torch.isfinite(loss_mean):
-                raise NonFiniteLossError(float(loss_mean))
+            loss = out.loss.detach().float()
             acc.backward(out.loss)
+            found = self._guard_update(loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         embeddings = {k: v.detach() for k, v in out.embeddings.items()}
-        means = self._norm_statistics(embeddings, loss_mean)
+        self._add_statistics(embeddings, loss, found, state.step + 1)
         images = views[0].shape[0] * acc.num_processes
         state.images_seen += images
         self._window = (self._window[0], self._window[1] + images)
@@ -540,13 +597,13 @@ class Trainer:
         state.step += 1
         self.scheduler.step_update(state.step)
         hook_log = self.raw_model.on_step_end(state.step / self.record.total_steps) or {}
-        log = self._step_log(means, hook_log)
+        if not self._monitored(state.step):
+            return StepResult(embeddings, True, {})
+        log = self._step_log(hook_log)
         if snapshot is not None:
             angles = self.monitor.after_step(self.raw_model, snapshot)
-            angles = {
-                k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))
-                for k, v in angles.items()
-            }
+            means = acc.reduce(torch.tensor(list(angles.values()), device=acc.device), "mean")
+            angles = dict(zip(angles, means.tolist(), strict=True))  # one fused all-reduce
             log.update({f"convergence/{k}": v for k, v in angles.items()})
             state.convergence.append(
                 {"step": state.step, "epoch": state.epoch, "lr": log["lr"], **angles}
@@ -557,28 +614,75 @@ class Trainer:
     def _monitored(self, step: int) -> bool:
         return step == 1 or step % max(1, self.cfg.log_every) == 0
 
+    def _guard_update(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step's non-finite flag (shape ``(1,)``, 1.0 = bad) without a host sync; on a
+        synchronising step it also covers the all-reduced gradients, which are then zeroed when
+        it is set (so the optimiser step applies no NaN)."""
+        acc = self.accelerator
+        found = (~torch.isfinite(loss)).float().reshape(1)
+        if not acc.sync_gradients or acc.scaler is not None:
+            return found  # fp16: the grad scaler checks (and skips) the step itself
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            unit = torch.ones(1, device=found.device)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, unit)
+            bad = found.reshape(()).bool()
+            for grad in grads:
+                grad.masked_fill_(bad, 0.0)
+        return found
+
+    def _add_statistics(
+        self,
+        embeddings: dict[str, torch.Tensor],
+        loss: torch.Tensor,
+        found: torch.Tensor,
+        step: int,
+    ) -> None:
+        """Add the step's norm means, loss and flag to the device-side statistics (no sync)."""
+        values = self._norm_statistics(embeddings, loss)
+        if self.stats is None:
+            self.stats = StepStatistics(self._names, self.accelerator.device)
+        self.stats.add(values[:-1], values[-1], found, step)
+
     def _norm_statistics(
         self, embeddings: dict[str, torch.Tensor], loss: torch.Tensor
     ) -> torch.Tensor:
-        """Update the epoch's norm tracker; mean ‖z‖ per embedding and the loss, over processes."""
+        """Update the epoch's norm tracker; this process's mean ‖z‖ per embedding and the loss,
+        stacked on the device (read and reduced over processes on logged steps only)."""
         self.epoch_norms.update(embeddings)
-        self._names = self._names or sorted(embeddings)
-        means = torch.stack(
-            [embeddings[k].float().norm(dim=1).mean() for k in self._names] + [loss]
-        )
-        return self.accelerator.reduce(means, reduction="mean")
+        self._names = self._names if self._names is not None else sorted(embeddings)
+        means = [embeddings[k].float().norm(dim=1).mean() for k in self._names]
+        return torch.stack(means + [loss.float().reshape(())])
 
-    def _step_log(self, means: torch.Tensor, hook_log: dict[str, float]) -> dict[str, float]:
+    def _step_log(self, hook_log: dict[str, float]) -> dict[str, float]:
+        """Read the step statistics (one all-reduce, also carrying the checkpoint clock), stop
+        on a non-finite step, log the means since the previous read."""
         started, images = self._window
+        minutes = self.record.checkpoint_minutes
+        due = bool(minutes) and time.perf_counter() - self._checkpoint_clock >= 60 * minutes
+        norms, loss, bad, (due_anywhere,) = self.stats.read(self.accelerator, [float(due)])
+        if bad:
+            self._raise_nonfinite()
+        self._checkpoint_due = due_anywhere > 0  # the same on every process
         log = {
-            "loss": float(means[-1]),
+            "loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images / max(time.perf_counter() - started, 1e-9),
-            **{f"norm/{k}": float(v) for k, v in zip(self._names, means[:-1], strict=True)},
+            **{f"norm/{k}": v for k, v in norms.items()},
             **hook_log,
         }
         self.accelerator.log(log, step=self.state.step)
         return log
+
+    def _check_finite(self) -> None:
+        """Stop if any step since the start had a non-finite loss (a collective: called before
+        every checkpoint, evaluation and the final save, on every process)."""
+        if self.stats is not None and self.stats.any_bad(self.accelerator):
+            self._raise_nonfinite()
+
+    def _raise_nonfinite(self) -> None:
+        step, loss = self.stats.first_bad(self.accelerator)
+        raise self._nonfinite(loss, step)
 
     # -- epochs ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -640,10 +744,7 @@ class Trainer:
             if not _all_true(batch is not None, acc.device):
                 exhausted = True  # some process has no full batch left: the epoch ends for all
                 break
-            try:
-                result = self.training_step(batch["views"])
-            except NonFiniteLossError as err:
-                raise self._nonfinite(err) from None
+            result = self.training_step(batch["views"])
             state.train_seconds += time.perf_counter() - step_started
             if result.synced:
                 self.after_step()
@@ -669,10 +770,9 @@ class Trainer:
             self._window = (time.perf_counter(), 0)
         if cfg.eval_every and step % cfg.eval_every == 0:
             self.evaluate()
-        if (
-            cfg.checkpoint_every
-            and step % cfg.checkpoint_every == 0
-            and step < self.record.total_steps
+        every = self.record.checkpoint_every
+        if ((every and step % every == 0) or self._checkpoint_due) and (
+            step < self.record.total_steps
         ):
             self.checkpoint()
 
@@ -695,7 +795,7 @@ class Trainer:
             self.epoch_norms.reset()
         if not self.cfg.eval_every and epoch_end and self._eval_epoch(state.epoch):
             self.evaluate()
-        if not self.cfg.checkpoint_every or done:
+        if not (rec.checkpoint_every or rec.checkpoint_minutes) or done:
             self.checkpoint()
 
     def _eval_epoch(self, epoch: int) -> bool:
@@ -760,6 +860,7 @@ class Trainer:
         if self.eval_sets is None:
             return None
         result = None
+        self._check_finite()
         state.last_eval_step = state.step  # on every process, so they agree on what runs
         if acc.is_main_process:
             result = self.evaluate_knn(self.raw_model.backbone, probe=probe)
@@ -782,7 +883,9 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
-        """An atomic checkpoint of everything a resume needs."""
+        """An atomic checkpoint of everything a resume needs (after the finiteness check)."""
+        self._check_finite()
+        self._checkpoint_due, self._checkpoint_clock = False, time.perf_counter()
         self.last_ckpt = save_checkpoint(
             self.accelerator,
             self.cfg.output_dir,
@@ -791,9 +894,10 @@ class Trainer:
             self.loader.state_dict(),
         )
 
-    def _nonfinite(self, err: NonFiniteLossError) -> NonFiniteLossError:
-        """The error to raise; the checkpoint holding the bad weights is set aside first."""
-        acc, step = self.accelerator, self.state.step
+    def _nonfinite(self, loss: float, bad_step: int) -> NonFiniteLossError:
+        """The error to raise for a non-finite loss at ``bad_step``; the checkpoint holding the
+        weights it came from is set aside first."""
+        acc, step = self.accelerator, bad_step - 1
         set_aside = None
         if self.last_ckpt is not None and self.last_ckpt.name == f"step_{step:08d}":
             # it holds the weights this loss came from: --resume must not pick it up again
@@ -804,8 +908,8 @@ class Trainer:
             acc.wait_for_everyone()
             self.last_ckpt = latest_checkpoint(self.cfg.output_dir)
         message = _nonfinite_message(
-            step + 1,
-            float(err.args[0]),
+            bad_step,
+            loss,
             self.optimizer.param_groups[0]["lr"],
             self.record.c,
             self.last_ckpt,
@@ -819,6 +923,9 @@ class Trainer:
         """Final evaluation, the run summary, save in timm's format, optional push."""
         cfg, acc, state = self.cfg, self.accelerator, self.state
         final_eval = None
+        if self.stats is not None and not self._monitored(state.step):
+            self.last_log = {**self.last_log, **self._step_log({})}  # the steps since the last log
+        self._check_finite()
         if self.eval_sets is not None and (cfg.linear_probe or state.last_eval_step != state.step):
             final_eval = self.evaluate(probe=cfg.linear_probe)
         result = self.summary(final_eval)
