@@ -327,16 +327,23 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def loss_embedding(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The embedding the loss sees: ``prediction`` for BYOL/SimSiam, else ``projection``."""
+    return "prediction" if any(r.get("norm_prediction") for r in rows) else "projection"
+
+
 def _norm_movement(rows: Sequence[Mapping[str, Any]], method: str, variant: str) -> dict:
-    """Mean ‖projection‖ at the first and the last evaluation, and λ·Σlr, over seeds."""
+    """Mean ‖z‖ (the loss's embedding) at the first and last evaluation, and λ·Σlr, over seeds."""
     mine = [r for r in rows if r["method"] == method and r["variant"] == variant]
     first = min(r["step"] for r in mine)
     last = max(r["step"] for r in mine)
+    key = f"norm_{loss_embedding(mine)}"
 
     def norms_at(step: int) -> list[float]:
-        return [r["norm_projection"] for r in mine if r["step"] == step and r["norm_projection"]]
+        return [r[key] for r in mine if r["step"] == step and r[key]]
 
     return {
+        "embedding": loss_embedding(mine),
         "norm_start": _mean_std(norms_at(first)),
         "norm_end": _mean_std(norms_at(last)),
         "decay": statistics.fmean(r["decay"] for r in mine),
@@ -377,11 +384,11 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], baselines: Mapping[st
     """The study's table in Markdown."""
     lines = [
         "| method | variant | kNN at ¼ run (%) | kNN at ½ run (%) | final kNN (%) | "
-        "target (%) | steps to target | ‖projection‖ start → end | λ·Σlr |",
+        "target (%) | steps to target | ‖z‖ start → end | λ·Σlr |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
-        norms = f"{r['norm_start'][0]:.3g} → {r['norm_end'][0]:.3g}"
+        norms = f"{r['norm_start'][0]:.3g} → {r['norm_end'][0]:.3g} ({r['embedding'][:4]}.)"
         lines.append(
             f"| {r['method']} | {r['variant']} | {_pm(r['knn_q1'])} | {_pm(r['knn_half'])} | "
             f"{_pm(r['knn_final'])} | {r['target'] * 100:.1f} | "
@@ -459,6 +466,10 @@ def throughput(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, float]]:
+    return [(r["step"], r[key]) for r in records if r.get(key)]
+
+
 def _band(ax: Any, series: list[list[tuple[float, float]]], label: str, color: Any) -> None:
     """Mean over seeds (on the first seed's x) with a min–max band."""
     series = [s for s in series if s]
@@ -488,14 +499,9 @@ def convergence_figure(payloads: Sequence[Mapping[str, Any]]) -> Any:
                 for r in runs
             ]
             conv = [r.get("convergence") or [] for r in runs]
-            norm = [
-                [(c["step"], c.get("norm/projection")) for c in rows if c.get("norm/projection")]
-                for rows in conv
-            ]
-            angle = [
-                [(c["step"], c.get("angle/projection")) for c in rows if c.get("angle/projection")]
-                for rows in conv
-            ]
+            name = "prediction" if any(c.get("norm/prediction") for c in conv[0]) else "projection"
+            norm = [_series(rows, f"norm/{name}") for rows in conv]
+            angle = [_series(rows, f"angle/{name}") for rows in conv]
             label = f"{variant} (c={runs[0]['c']:g}" + (
                 f", lr×{runs[0]['normalized_lr_scale']:g} on BN weights)"
                 if runs[0].get("normalized_lr_scale", 1) != 1
@@ -505,8 +511,8 @@ def convergence_figure(payloads: Sequence[Mapping[str, Any]]) -> Any:
             _band(row[1], norm, label, colors[variant])
             _band(row[2], angle, label, colors[variant])
         row[0].set_ylabel(f"{method}: kNN accuracy")
-        row[1].set_ylabel("mean ‖projection‖")
-        row[2].set_ylabel("projection angle per step (rad)")
+        row[1].set_ylabel(f"mean ‖{name}‖")
+        row[2].set_ylabel(f"{name} angle per step (rad)")
         for ax in row:
             ax.set_xlabel("optimiser step")
             ax.grid(alpha=0.3)
