@@ -31,6 +31,7 @@ from torch import nn
 
 __all__ = [
     "extract_features",
+    "gather_rows",
     "knn_predict",
     "knn_accuracy",
     "linear_probe",
@@ -274,6 +275,30 @@ def knn_predict(
         )
     ]
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def gather_rows(tensor: torch.Tensor, accelerator: Any) -> torch.Tensor:
+    """Every process's ``(N_r, ...)`` rows, concatenated in rank order, on every process.
+
+    The ranks may hold different numbers of rows: the tensors are padded to the longest for
+    ``accelerator.gather`` and the padding rows are cut off again, so each row appears once
+    (what ``gather_for_metrics`` does for a prepared loader). A collective: every process calls
+    it. The result lies on ``accelerator.device``.
+
+    Example:
+        >>> from accelerate import Accelerator
+        >>> gather_rows(torch.arange(6.0).reshape(3, 2), Accelerator(cpu=True)).shape
+        torch.Size([3, 2])
+    """
+    tensor = tensor.to(accelerator.device)
+    if accelerator.num_processes == 1:
+        return tensor
+    count = torch.tensor([tensor.shape[0]], device=accelerator.device)
+    counts = accelerator.gather(count).tolist()
+    padded = accelerator.pad_across_processes(tensor.contiguous(), dim=0)
+    rows = accelerator.gather(padded)
+    longest = max(counts)
+    return torch.cat([rows[r * longest : r * longest + n] for r, n in enumerate(counts)])
 
 
 def knn_accuracy(

@@ -58,6 +58,7 @@ from hub_cutinit.data.stream import (
     decode_image,
     make_eval_loader,
     make_train_loader,
+    shard_eval_loader,
 )
 from hub_cutinit.data.transforms import (
     IMAGENET_MEAN,
@@ -67,6 +68,7 @@ from hub_cutinit.data.transforms import (
     local_crop_size,
     make_eval_transform,
     make_view_transform,
+    normalize_views,
     to_rgb,
 )
 
@@ -102,6 +104,8 @@ __all__ = [
     "make_eval_transform",
     "make_train_loader",
     "make_view_transform",
+    "normalize_views",
+    "shard_eval_loader",
     "num_examples",
     "resolve_dataset",
     "to_rgb",

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ from hub_cutinit.data.transforms import (
     make_view_transform,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def build_train_stream(
     dataset: str,
@@ -54,6 +57,7 @@ def build_train_stream(
     std: Sequence[float] = IMAGENET_STD,
     exclude: HeldOut | None = None,
     total_examples: int | None = None,
+    num_workers: int = 0,
     **view_kwargs: Any,
 ) -> SSLImageStream:
     """The training stream of this process: ``resolve_dataset`` + the method's views + sharding.
@@ -63,7 +67,9 @@ def build_train_stream(
     ``exclude`` (a :class:`HeldOut`) drops its held-out examples from training;
     ``total_examples`` then gives the size of what is left (see :func:`plan_evaluation`).
     A ``dataset`` that is none of the accepted kinds, or whose first images do not decode,
-    raises ``ValueError`` naming what to pass.
+    raises ``ValueError`` naming what to pass. ``num_workers`` (DataLoader workers per process)
+    sets how many shards are needed: ``world_size * num_workers``, so that every worker of every
+    rank gets data (see :func:`shard_for_workers`; one-file datasets included).
 
     Example:
         >>> s = build_train_stream("builtin", method="dino", image_size=32, num_local_views=2)
@@ -75,6 +81,9 @@ def build_train_stream(
         dataset, split, image_column=image_column, label_column=label_column
     )
     check_decodable(ds, image_col, dataset)
+    ds = shard_for_workers(
+        ds, dataset, split, image_col, label_col, world_size * max(1, num_workers)
+    )
     if exclude is not None:
         ds = ds.filter(exclude.keep)
     transform = make_view_transform(
@@ -93,6 +102,60 @@ def build_train_stream(
     if exclude is not None:
         stream.total_examples = total_examples
     return stream
+
+
+def shard_for_workers(
+    ds: Any,
+    dataset: str,
+    split: str,
+    image_column: str,
+    label_column: str | None,
+    wanted: int,
+) -> Any:
+    """``ds`` with at least ``wanted`` shards (ranks x workers per rank) when it can be done.
+
+    Shards are what ranks and DataLoader workers split; a worker without one gets no data. In
+    order: ``ds`` itself when it has enough; ``ds.reshard()`` (Parquet: one shard per row
+    group); for a local or built-in source, the same split loaded as Arrow (a memory-mapped
+    cache on disk) and cut into row ranges, ``to_iterable_dataset(num_shards=k * wanted)``
+    (k * wanted >= 24). A Hub dataset that still has too few shards is returned as is, with a
+    warning naming the fix (fewer ``--num-workers``).
+
+    Example:
+        >>> ds, image_col, label_col = resolve_dataset("builtin", "test")
+        >>> more = shard_for_workers(ds, "builtin", "test", image_col, label_col, wanted=8)
+        >>> ds.num_shards, more.num_shards
+        (2, 24)
+    """
+    if ds.num_shards >= wanted:
+        return ds
+    try:
+        resharded = ds.reshard()
+    except (NotImplementedError, ValueError, TypeError):
+        resharded = ds
+    if resharded.num_shards >= wanted:
+        return resharded
+    path = os.path.expanduser(dataset)
+    if dataset in BUILTIN_NAMES or os.path.exists(path) or set("*?[") & set(dataset):
+        shards = wanted * -(-24 // wanted)
+        ds, _, _ = resolve_dataset(
+            dataset,
+            split,
+            image_column=image_column,
+            label_column=label_column,
+            streaming=False,
+            num_shards=shards,
+        )
+        return ds
+    logger.warning(
+        "%s has %d shard(s) for %d rank x worker(s): some DataLoader workers will get no data; "
+        "pass --num-workers %d or fewer per process",
+        dataset,
+        resharded.num_shards,
+        wanted,
+        resharded.num_shards,
+    )
+    return resharded
 
 
 def build_eval_loaders(

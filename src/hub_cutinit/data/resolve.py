@@ -215,7 +215,9 @@ def _hub_not_found(repo_id: str) -> str:
     )
 
 
-def _load(name_or_path: str, split: str, config: str | None, streaming: bool) -> IterableDataset:
+def _load(
+    name_or_path: str, split: str, config: str | None, streaming: bool, num_shards: int = 24
+) -> IterableDataset:
     """Open any source as a ``datasets.IterableDataset`` (see the module docstring)."""
     path = Path(os.path.expanduser(name_or_path))
     files: list[str] | None = None
@@ -262,7 +264,8 @@ def _load(name_or_path: str, split: str, config: str | None, streaming: bool) ->
         raise
     if not streaming:  # an Arrow-backed Dataset: continue as a stream like every source
         rows = len(ds)
-        return _with_count(ds.to_iterable_dataset(num_shards=max(1, min(24, rows))), split, rows)
+        shards = max(1, min(num_shards, rows))
+        return _with_count(ds.to_iterable_dataset(num_shards=shards), split, rows)
     if builder == "parquet":
         return _with_count(ds, split, _parquet_rows(files or []))
     return ds
@@ -365,6 +368,7 @@ def resolve_dataset(
     streaming: bool = True,
     config: str | None = None,
     require_label: bool = False,
+    num_shards: int = 24,
 ) -> tuple[IterableDataset, str, str | None]:
     """Open ``name_or_path`` as a streaming dataset and find its image / label columns.
 
@@ -374,7 +378,8 @@ def resolve_dataset(
     :class:`~hub_cutinit.data.stream.SSLImageStream` decodes lazily and can skip corrupt images.
 
     ``streaming=False`` loads the data with ``load_dataset`` first (an Arrow cache on disk) and
-    converts it with ``to_iterable_dataset(num_shards=24)``; the default streams directly.
+    converts it with ``to_iterable_dataset(num_shards=num_shards)`` (row ranges: one file still
+    gives ``num_shards`` shards); the default streams directly.
     ``config`` is the Hub configuration name. With ``require_label=True`` a dataset without a
     label column raises ``ValueError`` (evaluation needs labels).
 
@@ -389,7 +394,7 @@ def resolve_dataset(
         >>> sorted(next(iter(ds))["image"])  # undecoded
         ['bytes', 'path']
     """
-    ds = _load(name_or_path, split, config, streaming)
+    ds = _load(name_or_path, split, config, streaming, num_shards)
     ds = _resolve_features(ds)
     image, label = detect_columns(
         ds.features, image_column, label_column, require_label=require_label

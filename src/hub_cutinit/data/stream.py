@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -575,4 +576,52 @@ def make_eval_loader(
         drop_last=False,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+    )
+
+
+def _every_nth(rank: int, world_size: int, example: Any, index: int) -> bool:
+    return index % world_size == rank
+
+
+def shard_eval_loader(loader: SSLDataLoader, rank: int, world_size: int) -> SSLDataLoader:
+    """This rank's share of a one-process evaluation loader (the same batch size and workers).
+
+    Rank ``r`` keeps the examples at positions ``r, r + world_size, ...`` of the stream (of each
+    worker's stream: the same on every rank), after any ``take`` / ``filter`` of the loader, so
+    every example goes to exactly one rank and gathering the ranks' features gives each example
+    once: no padding rows, no duplicates. Each rank still reads (not decodes) every example.
+    ``world_size == 1`` returns ``loader`` itself.
+
+    Example:
+        >>> from hub_cutinit.data import build_eval_loaders
+        >>> bank, _ = build_eval_loaders("builtin", image_size=8, max_samples=10, batch_size=4)
+        >>> parts = [shard_eval_loader(bank, r, 2) for r in range(2)]
+        >>> [sum(len(b["label"]) for b in p) for p in parts]
+        [5, 5]
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+    if world_size == 1:
+        return loader
+    stream: SSLImageStream = loader.dataset
+    if stream.world_size != 1:
+        raise ValueError("shard_eval_loader takes a one-process loader (world_size=1)")
+    part = SSLImageStream(
+        stream.dataset.filter(partial(_every_nth, rank, world_size), with_indices=True),
+        stream.transform,
+        image_column=stream.image_column,
+        label_column=stream.label_column,
+        id_column=stream.id_column,
+        seed=stream.seed,
+        shuffle=stream.shuffle,
+        shuffle_buffer=stream.block_size,
+        max_initial_failures=stream.max_initial_failures,
+    )
+    part.total_examples = stream.total_examples
+    return make_eval_loader(
+        part,
+        loader.batch_size or 1,
+        loader.num_workers,
+        pin_memory=loader.pin_memory,
+        persistent_workers=loader.persistent_workers,
     )

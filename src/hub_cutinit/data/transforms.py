@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -110,6 +111,7 @@ def _augment(
     grayscale_p: float,
     blur_p: float,
     solarize_p: float,
+    uint8: bool = False,
 ) -> v2.Compose:
     ops: list = [
         v2.RandomResizedCrop(size, scale=scale, antialias=True),
@@ -124,12 +126,53 @@ def _augment(
         ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
     if solarize_p > 0:
         ops.append(v2.RandomSolarize(threshold=128, p=solarize_p))
-    ops += [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(mean), std=list(std)),
-    ]
+    ops.append(v2.ToImage())
+    if not uint8:  # else normalize_views does these two on the device
+        ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
     return v2.Compose(ops)
+
+
+def normalize_views(
+    views: Sequence[torch.Tensor],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> list[torch.Tensor]:
+    """uint8 views (``make_view_transform(..., uint8=True)``) as the float transform gives them.
+
+    The same ``ToDtype(float32, scale=True)`` and ``Normalize(mean, std)`` kernels, run where
+    the views are (the training device: a quarter of the bytes travel, and the arithmetic is
+    the GPU's), so the numbers equal the float transform's. Float views pass unchanged.
+
+    Example:
+        >>> from PIL import Image
+        >>> image = Image.new("RGB", (20, 20), (255, 0, 9))
+        >>> fp = make_view_transform("simclr", 16, jitter_p=0, grayscale_p=0)
+        >>> u8 = make_view_transform("simclr", 16, jitter_p=0, grayscale_p=0, uint8=True)
+        >>> _ = torch.manual_seed(0); a = fp(image)[0]
+        >>> _ = torch.manual_seed(0); b = u8(image)[0]
+        >>> b.dtype, torch.equal(normalize_views([b[None]])[0][0], a)
+        (torch.uint8, True)
+    """
+    out = []
+    for view in views:
+        if view.dtype == torch.uint8:
+            m, s = _channel_stats(view.device, tuple(mean), tuple(std))
+            # torchvision's ToDtype(scale=True) and Normalize kernels, with the statistics
+            # cached on the device (a new tensor from a list would be a host sync per step)
+            view = view.to(torch.float32).mul_(1.0 / 255).sub_(m).div_(s)
+        out.append(view)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _channel_stats(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (-1, 1, 1)
+    return (
+        torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+        torch.tensor(std, dtype=torch.float32, device=device).view(shape),
+    )
 
 
 class ViewTransform:
@@ -185,6 +228,7 @@ def make_view_transform(
     hflip_p: float = 0.5,
     blur_p: float = 0.0,
     solarize_p: float = 0.0,
+    uint8: bool = False,
 ) -> ViewTransform:
     """The SSL views of one registered method, as a picklable ``PIL.Image -> list[Tensor]``.
 
@@ -207,6 +251,8 @@ def make_view_transform(
     they mostly destroy the image); set them to follow BYOL / DINO more closely.
 
     Any PIL mode is accepted (see :func:`to_rgb`). Unregistered methods raise ``ValueError``.
+    ``uint8=True`` stops after ``ToImage`` (uint8 views: a quarter of the bytes through the
+    DataLoader and the host-to-device copy); :func:`normalize_views` finishes them on the device.
 
     Example:
         >>> from PIL import Image
@@ -229,6 +275,7 @@ def make_view_transform(
         grayscale_p=grayscale_p,
         blur_p=blur_p,
         solarize_p=solarize_p,
+        uint8=uint8,
     )
     glob = _augment(image_size, scale or spec.global_scale, **common)
     if spec.num_local == 0:

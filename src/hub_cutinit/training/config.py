@@ -74,7 +74,7 @@ class TrainConfig:
     ema_schedule: str | None = None
     normalized_lr_scale: float = 1.0
     convergence_monitor: bool = True
-    eval_every_epochs: int = 1
+    eval_every_epochs: int | None = None  # None: automatic, evaluation <= ~10 % of wall time
     collective_timeout: float = 1800.0
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -432,9 +432,11 @@ def _add_evaluation_flags(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--eval-every-epochs",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="with --eval-every 0: kNN monitor at the end of every N-th epoch (and the last step)",
+        help="with --eval-every 0: kNN monitor at the end of every N-th epoch (and the last "
+        "step); default: N chosen from the measured times so that evaluation takes about 10%% "
+        "of the wall time at most (every epoch until the first evaluation is timed)",
     )
     p.add_argument(
         "--eval-max-samples",

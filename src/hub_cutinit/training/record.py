@@ -83,7 +83,7 @@ class RunRecord:
     knn_k: int
     knn_temperature: float
     eval_every: int
-    eval_every_epochs: int
+    eval_every_epochs: int | None  # None: automatic (Trainer.eval_period)
     log_every: int
     seed: int
     grad_scale_power: float

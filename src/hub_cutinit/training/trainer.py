@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from hub_cutinit import data as data_lib
 from hub_cutinit.distributed import is_distributed
-from hub_cutinit.evaluation import extract_features, knn_accuracy, linear_probe
+from hub_cutinit.evaluation import extract_features, gather_rows, knn_accuracy, linear_probe
 from hub_cutinit.factory import create_ssl_model
 from hub_cutinit.monitor import StepAngleMonitor
 from hub_cutinit.norms import NormHistory, NormTracker
@@ -71,6 +72,8 @@ __all__ = [
 
 #: Images in the fixed probe batch of the convergence monitor.
 PROBE_SIZE = 64
+#: The automatic ``--eval-every-epochs`` keeps evaluation under about this share of the time.
+EVAL_SHARE = 0.1
 
 
 class NonFiniteLossError(RuntimeError):
@@ -190,7 +193,11 @@ class Trainer:
         self.history = NormHistory()
         self.epoch_norms = NormTracker()
         self.monitor: StepAngleMonitor | None = None
-        self.eval_sets: tuple[Any, Any] | None = None
+        self.eval_sets: tuple[Any, Any] | None = None  # this process's share of each set
+        self.eval_seconds = 0.0  # wall time spent in evaluations (baselines included)
+        #: epochs between epoch-end evaluations when --eval-every-epochs is automatic
+        self.eval_period = 1
+        self._last_eval_epoch = 0
         self.stream: Any = None
         self.loader: Any = None
         self.loader_state: dict[str, Any] | None = None
@@ -299,8 +306,14 @@ class Trainer:
             batch_size=max(64, cfg.batch_size),
         )
         self.eval_sets = plan.loaders
+        if self.eval_sets is not None:  # feature extraction split across the processes
+            self.eval_sets = tuple(  # type: ignore[assignment]
+                data_lib.shard_eval_loader(loader, acc.process_index, acc.num_processes)
+                for loader in self.eval_sets
+            )
         if plan.notice:
             acc.print(plan.notice)
+        self.num_workers = self._resolve_num_workers()
         self.stream = data_lib.build_train_stream(
             cfg.dataset,
             method=cfg.method,
@@ -315,11 +328,16 @@ class Trainer:
             world_size=acc.num_processes,
             exclude=plan.held_out,
             total_examples=plan.train_examples,
+            num_workers=self.num_workers,  # shards enough for every rank x worker
+            uint8=True,  # views travel as uint8; training_step normalises them on the device
         )
         self.num_examples = cfg.num_examples or data_lib.count_examples(self.stream)
-        self.num_workers = self._resolve_num_workers()
         self.loader = data_lib.make_train_loader(
-            self.stream, batch_size=cfg.batch_size, num_workers=self.num_workers
+            self.stream,
+            batch_size=cfg.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=acc.device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
         )
 
     def lock_output_dir(self) -> None:
@@ -374,8 +392,7 @@ class Trainer:
         return data_lib.default_num_workers(
             acc.device.type,
             processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)),
-            num_shards=self.stream.num_shards,
-        )
+        )  # the train stream is then sharded for these workers (data.shard_for_workers)
 
     def _steps_per_epoch(self) -> int | None:
         cfg, n = self.cfg, self.num_examples
@@ -573,6 +590,7 @@ class Trainer:
             else v.to(acc.device, non_blocking=True)
             for v in views
         ]
+        views = data_lib.normalize_views(views)  # uint8 -> ImageNet-normalised float, on device
         if self.monitor is None and self.cfg.convergence_monitor:
             # a fixed probe: this process's first training images (PAPER §9's angle per step)
             self.monitor = StepAngleMonitor(views[0][:PROBE_SIZE].clone())
@@ -800,7 +818,25 @@ class Trainer:
 
     def _eval_epoch(self, epoch: int) -> bool:
         every = self.cfg.eval_every_epochs
+        if every is None:  # automatic: see _update_eval_period
+            return epoch - self._last_eval_epoch >= self.eval_period
         return bool(every) and epoch % every == 0
+
+    def _update_eval_period(self, seconds: float) -> None:
+        """The automatic epoch period: one evaluation (``seconds``) per ``eval_period`` epochs
+        is at most :data:`EVAL_SHARE` of the training time; the same on every process (the
+        slowest's), as evaluation is a collective."""
+        state, acc = self.state, self.accelerator
+        self._last_eval_epoch = state.epoch
+        per_epoch = state.train_seconds / state.epoch if state.epoch else 0.0
+        if self.cfg.eval_every_epochs is not None or per_epoch <= 0:
+            return
+        period = torch.tensor(
+            float(max(1, math.ceil(seconds / (EVAL_SHARE * per_epoch)))), device=acc.device
+        )
+        if acc.num_processes > 1:
+            torch.distributed.all_reduce(period, op=torch.distributed.ReduceOp.MAX)
+        self.eval_period = int(period.item())
 
     def _epoch_angles(self) -> dict[str, Any]:
         """Mean convergence statistics of the epoch's monitored steps (for the norm history)."""
@@ -818,11 +854,21 @@ class Trainer:
     # -- evaluation, checkpoints ----------------------------------------------------------------
     @torch.no_grad()
     def evaluate_knn(self, backbone: torch.nn.Module, *, probe: bool = False) -> dict[str, Any]:
-        """Weighted kNN (and optionally a linear probe) on l2-normalised backbone features."""
-        bank_loader, test_loader = self.eval_sets
-        device = self.accelerator.device
-        train_feats, train_labels = extract_features(backbone, bank_loader, device=device)
-        test_feats, test_labels = extract_features(backbone, test_loader, device=device)
+        """Weighted kNN (and optionally a linear probe) on l2-normalised backbone features.
+
+        A collective: every process extracts the features of its share of the evaluation sets
+        (with rank 0's BatchNorm buffers), the features are gathered (each example once) and
+        every process runs the kNN on its training device, so all return the same result."""
+        acc = self.accelerator
+        device = acc.device
+        if acc.num_processes > 1:
+            for buffer in backbone.buffers():  # BN running statistics: rank 0's, as saved
+                torch.distributed.broadcast(buffer.data, src=0)
+        features = []
+        for loader in self.eval_sets:
+            feats, labels = extract_features(backbone, loader, device=device)
+            features += [gather_rows(feats, acc), gather_rows(labels, acc)]
+        train_feats, train_labels, test_feats, test_labels = features
         result: dict[str, Any] = {
             "knn_accuracy": knn_accuracy(
                 train_feats,
@@ -831,6 +877,7 @@ class Trainer:
                 test_labels,
                 k=self.cfg.knn_k,
                 temperature=self.cfg.knn_temperature,
+                device=device,
             ),
             "eval_train_samples": int(train_labels.numel()),
             "eval_test_samples": int(test_labels.numel()),
@@ -846,29 +893,44 @@ class Trainer:
         acc = self.accelerator
         if self.eval_sets is None or not self.cfg.baselines or self.state.step != 0:
             return
-        if acc.is_main_process:
-            self.state.baselines = {
-                "random_init_knn": self.evaluate_knn(self.raw_model.backbone)["knn_accuracy"],
-                "raw_pixels_knn": self.evaluate_knn(torch.nn.Flatten())["knn_accuracy"],
-            }
-            acc.print(f"baselines (kNN): {self.state.baselines}")
-        acc.wait_for_everyone()
+        started = time.perf_counter()
+        # on every process (a collective); computed once per run: the checkpoints keep them,
+        # so a --resume (step > 0) does not compute them again
+        self.state.baselines = {
+            "random_init_knn": self.evaluate_knn(self.raw_model.backbone)["knn_accuracy"],
+            "raw_pixels_knn": self.evaluate_knn(torch.nn.Flatten())["knn_accuracy"],
+        }
+        self.eval_seconds += time.perf_counter() - started
+        acc.print(f"baselines (kNN): {self.state.baselines}")
 
     def evaluate(self, probe: bool = False) -> dict[str, Any] | None:
-        """The kNN monitor on the main process; every process waits for it."""
+        """The kNN monitor: features extracted by every process, recorded by the main one;
+        prints the share of the wall time spent in evaluation so far."""
         acc, state = self.accelerator, self.state
         if self.eval_sets is None:
             return None
         result = None
         self._check_finite()
         state.last_eval_step = state.step  # on every process, so they agree on what runs
+        started = time.perf_counter()
+        result = self.evaluate_knn(self.raw_model.backbone, probe=probe)
+        result.update(step=state.step, epoch=state.epoch)
+        seconds = time.perf_counter() - started
+        self.eval_seconds += seconds
+        self._update_eval_period(seconds)
+        share = self.eval_seconds / max(time.perf_counter() - self.started, 1e-9)
         if acc.is_main_process:
-            result = self.evaluate_knn(self.raw_model.backbone, probe=probe)
-            result.update(step=state.step, epoch=state.epoch)
             state.knn.append(result)
-            acc.print(f"step {state.step}: kNN accuracy {result['knn_accuracy']:.4f}")
             acc.log({"knn_accuracy": result["knn_accuracy"]}, step=state.step)
-        acc.wait_for_everyone()
+        cadence = (
+            f"next after {self.eval_period} epoch(s)"
+            if self.cfg.eval_every_epochs is None and not self.cfg.eval_every
+            else "change the cadence with --eval-every-epochs / --eval-every"
+        )
+        acc.print(
+            f"step {state.step}: kNN accuracy {result['knn_accuracy']:.4f} (evaluation: "
+            f"{100 * share:.1f} % of the wall time so far; {cadence})"
+        )
         return result
 
     def checkpoint_state(self) -> dict[str, Any]:
@@ -933,11 +995,11 @@ class Trainer:
             from hub_cutinit.hub import save_pretrained
 
             save_pretrained(self.raw_model, cfg.output_dir, training_info=result)
-            if cfg.push_to_hub:
-                from hub_cutinit.hub import push_to_hub
+        acc.wait_for_everyone()  # the last collective: a slow upload cannot time out the others
+        if acc.is_main_process and cfg.push_to_hub:
+            from hub_cutinit.hub import push_to_hub
 
-                push_to_hub(cfg.output_dir, cfg.push_to_hub, private=cfg.hub_private)
-        acc.wait_for_everyone()
+            push_to_hub(cfg.output_dir, cfg.push_to_hub, private=cfg.hub_private)
         acc.end_training()
         return result
 
