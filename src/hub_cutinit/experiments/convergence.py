@@ -380,7 +380,9 @@ def _pm(stat: tuple[float, float, int], pct: bool = True) -> str:
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" + (f" (n={n})" if n < 3 else "")
 
 
-def summary_markdown(summary: Sequence[Mapping[str, Any]], baselines: Mapping[str, float]) -> str:
+def summary_markdown(
+    summary: Sequence[Mapping[str, Any]], baselines: Mapping[str, tuple[float, float, int]]
+) -> str:
     """The study's table in Markdown."""
     lines = [
         "| method | variant | kNN at ¼ run (%) | kNN at ½ run (%) | final kNN (%) | "
@@ -398,14 +400,23 @@ def summary_markdown(summary: Sequence[Mapping[str, Any]], baselines: Mapping[st
     if baselines:
         lines.append("")
         lines.append(
-            "Baselines (same kNN protocol): "
+            "Baselines (same kNN protocol, mean ± std over seeds): "
             + ", ".join(
-                f"{k.replace('_knn', '').replace('_', ' ')} {v * 100:.1f} %"
+                f"{k.replace('_knn', '').replace('_', ' ')} {_pm(v)} %"
                 for k, v in baselines.items()
             )
             + "."
         )
     return "\n".join(lines) + "\n"
+
+
+def seed_baselines(payloads: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float, int]]:
+    """Each baseline's mean ± std over seeds (every variant of a seed shares its random init)."""
+    per_seed: dict[str, dict[int, float]] = {}
+    for p in payloads:
+        for name, value in (p["result"].get("baselines") or {}).items():
+            per_seed.setdefault(name, {}).setdefault(p["seed"], value)
+    return {name: _mean_std(list(values.values())) for name, values in per_seed.items()}
 
 
 def _write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -429,7 +440,7 @@ def write_outputs(cfg: StudyConfig, payloads: Sequence[Mapping[str, Any]]) -> li
     out.mkdir(parents=True, exist_ok=True)
     rows = study_rows(payloads)
     summary = summarise(rows)
-    baselines = dict(payloads[0]["result"].get("baselines") or {}) if payloads else {}
+    baselines = seed_baselines(payloads)
     _write_csv(rows, out / "study.csv")
     _write_csv(summary, out / "summary.csv")
     write_text_atomic(out / "throughput.json", json.dumps(throughput(payloads), indent=1) + "\n")
