@@ -82,7 +82,8 @@ def patch_train_step(monkeypatch: pytest.MonkeyPatch, on_call: dict[int, str]) -
         if action == "stop":
             raise _Stop
         if action == "nan":
-            views = [torch.full_like(v, float("nan")) for v in views]
+            # float views (the loader's are uint8, normalised on the device; floats pass as is)
+            views = [torch.full(v.shape, float("nan")) for v in views]
         return original(self, views)
 
     monkeypatch.setattr(Trainer, "training_step", patched)

@@ -27,6 +27,12 @@ Example:
     ('image', 'label', 2000)
 """
 
+from hub_cutinit.data.device_augment import (
+    AUGMENT_ON,
+    DeviceAugment,
+    DeviceViewTransform,
+    make_device_view_transform,
+)
 from hub_cutinit.data.pipeline import (
     DATASET_KINDS,
     EvalPlan,
@@ -73,6 +79,10 @@ from hub_cutinit.data.transforms import (
 )
 
 __all__ = [
+    "AUGMENT_ON",
+    "DeviceAugment",
+    "DeviceViewTransform",
+    "make_device_view_transform",
     "BUILTIN_NAMES",
     "DATASET_KINDS",
     "EvalPlan",

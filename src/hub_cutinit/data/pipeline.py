@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub_cutinit.data.device_augment import AUGMENT_ON, make_device_view_transform
 from hub_cutinit.data.resolve import (
     BUILTIN_NAMES,
     IMAGE_EXTENSIONS,
@@ -58,6 +59,7 @@ def build_train_stream(
     exclude: HeldOut | None = None,
     total_examples: int | None = None,
     num_workers: int = 0,
+    augment_on: str = "cpu",
     **view_kwargs: Any,
 ) -> SSLImageStream:
     """The training stream of this process: ``resolve_dataset`` + the method's views + sharding.
@@ -70,6 +72,8 @@ def build_train_stream(
     raises ``ValueError`` naming what to pass. ``num_workers`` (DataLoader workers per process)
     sets how many shards are needed: ``world_size * num_workers``, so that every worker of every
     rank gets data (see :func:`shard_for_workers`; one-file datasets included).
+    ``augment_on="device"`` gives a :class:`~hub_cutinit.data.device_augment.DeviceViewTransform`
+    (workers decode and resize; ``stream.transform.device_augment()`` makes the views).
 
     Example:
         >>> s = build_train_stream("builtin", method="dino", image_size=32, num_local_views=2)
@@ -86,7 +90,10 @@ def build_train_stream(
     )
     if exclude is not None:
         ds = ds.filter(exclude.keep)
-    transform = make_view_transform(
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+    make = make_device_view_transform if augment_on == "device" else make_view_transform
+    transform = make(
         method, image_size, mean=mean, std=std, num_local_views=num_local_views, **view_kwargs
     )
     stream = SSLImageStream(

@@ -62,6 +62,8 @@ class TrainConfig:
     checkpoint_minutes: float | None = None  # None: 30 on CUDA, epoch ends on CPU
     num_workers: int | None = None
     shuffle_buffer: int = 1000
+    augment_on: str = "cpu"  # "device": crops and colour on the training device, batched
+    compile: bool = False  # torch.compile the model
     log_with: str | None = None
     log_every: int = 10
     push_to_hub: str | None = None
@@ -131,6 +133,8 @@ class TrainConfig:
                 f"--grad-scale-power must be a finite number, got {self.grad_scale_power!r}."
             )
         self._check_speed()
+        if self.augment_on not in ("cpu", "device"):
+            raise ValueError(f"--augment-on must be cpu or device, got {self.augment_on!r}.")
         if self.optimizer is not None and self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"--optimizer must be sgd, lars or adamw, got {self.optimizer!r}.")
         self._check_schedule()
@@ -269,6 +273,14 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="examples shuffled together (per worker)",
     )
+    p.add_argument(
+        "--augment-on",
+        choices=["cpu", "device"],
+        default="cpu",
+        help="where the views are cropped, flipped and colour-jittered: 'cpu' (PIL, per image "
+        "in the data workers) or 'device' (workers only decode and resize; the training device "
+        "augments the batch with per-sample parameters, hub_cutinit.data.device_augment)",
+    )
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -361,6 +373,12 @@ def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="micro-batches per optimiser step",
     )
+
+
+def _add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """Precision, memory format and compilation (none changes what is computed, beyond
+    rounding)."""
+    p = parser.add_argument_group("speed")
     p.add_argument(
         "--mixed-precision",
         choices=["no", "bf16", "fp16"],
@@ -374,6 +392,11 @@ def _add_optimisation_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="channels-last memory format for the model and the views (default: on for "
         "convolutional backbones on CUDA, off otherwise)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (CUDA and CPU; the first steps pay the compile time)",
     )
 
 
@@ -530,6 +553,7 @@ def build_parser(method: str | None = None) -> argparse.ArgumentParser:
         _add_data_flags,
         _add_model_flags,
         _add_optimisation_flags,
+        _add_speed_flags,
         _add_evaluation_flags,
         _add_run_flags,
     ):

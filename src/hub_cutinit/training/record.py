@@ -48,6 +48,9 @@ class RunRecord:
             ``cudnn.benchmark`` (both CUDA only, see :mod:`hub_cutinit.training.speed`).
         checkpoint_every / checkpoint_minutes: checkpoints every N steps, or every M minutes
             (0 and 0: at epoch ends); the last step is always saved.
+        augment_on: where the views are augmented (``cpu``: PIL in the data workers;
+            ``device``: batched on the training device, :mod:`hub_cutinit.data.device_augment`).
+        compile: the model runs under ``torch.compile``.
     """
 
     method: str
@@ -95,6 +98,8 @@ class RunRecord:
     tf32: bool = False
     checkpoint_every: int = 0
     checkpoint_minutes: float = 0.0
+    augment_on: str = "cpu"
+    compile: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy."""

@@ -210,6 +210,8 @@ class Trainer:
         self._checkpoint_clock = time.perf_counter()
         self._checkpoint_due = False
         self.lock: RunLock | None = None
+        #: ``--augment-on device``: turns the loader's [base images, parameters] into views
+        self.device_augment: data_lib.DeviceAugment | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, *, lock: bool = False) -> None:
@@ -278,6 +280,8 @@ class Trainer:
         self.channels_last = resolve_channels_last(cfg.channels_last, device_type, model.backbone)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place: the parameter names (checkpoints, saves) do not change
+            model.compile()
         self.model = self.raw_model = model
 
     def setup_data(self) -> None:
@@ -330,7 +334,10 @@ class Trainer:
             total_examples=plan.train_examples,
             num_workers=self.num_workers,  # shards enough for every rank x worker
             uint8=True,  # views travel as uint8; training_step normalises them on the device
+            augment_on=cfg.augment_on,
         )
+        if cfg.augment_on == "device":  # the loader brings [base images, view parameters]
+            self.device_augment = self.stream.transform.device_augment()
         self.num_examples = cfg.num_examples or data_lib.count_examples(self.stream)
         self.loader = data_lib.make_train_loader(
             self.stream,
@@ -516,6 +523,8 @@ class Trainer:
             "eval_source": plan.source if plan is not None else "",
             "eval_held_out_images": plan.held_out_examples if plan is not None else None,
             "num_workers": getattr(self, "num_workers", self.cfg.num_workers or 0),
+            "augment_on": self.cfg.augment_on,
+            "compile": self.cfg.compile,
         }
 
     # -- resume ---------------------------------------------------------------------------------
@@ -583,14 +592,7 @@ class Trainer:
         steps with non-finite gradients itself; only a non-finite loss stops the run.)
         """
         acc, state = self.accelerator, self.state
-        memory = torch.channels_last if getattr(self, "channels_last", False) else None
-        views = [
-            v.to(acc.device, non_blocking=True, memory_format=memory)
-            if memory is not None and v.ndim == 4
-            else v.to(acc.device, non_blocking=True)
-            for v in views
-        ]
-        views = data_lib.normalize_views(views)  # uint8 -> ImageNet-normalised float, on device
+        views = self._device_views(views)
         if self.monitor is None and self.cfg.convergence_monitor:
             # a fixed probe: this process's first training images (PAPER §9's angle per step)
             self.monitor = StepAngleMonitor(views[0][:PROBE_SIZE].clone())
@@ -628,6 +630,21 @@ class Trainer:
             )
         self.last_log = log
         return StepResult(embeddings, True, log)
+
+    def _device_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The batch's views on the device, augmented there under ``--augment-on device``,
+        normalised (uint8 -> ImageNet-normalised float) and channels-last when chosen."""
+        device = self.accelerator.device
+        if self.device_augment is not None:  # [base images, parameters] -> the views
+            views = self.device_augment([v.to(device, non_blocking=True) for v in views])
+        memory = torch.channels_last if getattr(self, "channels_last", False) else None
+        views = [
+            v.to(device, non_blocking=True, memory_format=memory)
+            if memory is not None and v.ndim == 4
+            else v.to(device, non_blocking=True)
+            for v in views
+        ]
+        return data_lib.normalize_views(views)
 
     def _monitored(self, step: int) -> bool:
         return step == 1 or step % max(1, self.cfg.log_every) == 0
