@@ -89,6 +89,32 @@ def test_data_pipeline(bench, tmp_path: Path) -> None:
     assert res["loader"]["workers=0"]["images_per_s"]["median"] > 0
     assert set(res["end_to_end"]["vs_in_memory"]) == {"workers=0", "workers=1"}
     assert isinstance(res["loader_is_bottleneck"], bool)
+    per_core = res["per_core"]["results"]
+    assert set(per_core) == {"simclr 32", "dino 32", "simclr 224", "dino 224"}
+    for key, entry in per_core.items():
+        ips = entry["images_per_s_per_core"]
+        assert {"decode", "pil", "worker"} < set(ips) and all(v["median"] > 0 for v in ips.values())
+        if key.endswith("224"):  # N from the cited benchmark (or a stored GPU measurement)
+            n = entry["step"]["value"]
+            assert n > 0 and set(entry["cores_needed"]) == {"decode only", "pil", "device"}
+            assert entry["cores_needed"]["pil"] == pytest.approx(n / ips["pil"]["median"])
+    if "cited" in per_core["simclr 224"]["step"]["source"]:  # 2 views of 224 px per image
+        assert per_core["simclr 224"]["step"]["value"] == pytest.approx(2470 / 2)
+    assert "| simclr | 224 |" in res["per_core"]["markdown"]
+
+
+def test_data_pipeline_inputs(bench) -> None:
+    dp = bench("data_pipeline")
+    from PIL import Image
+
+    jpegs = dp.encoded_images(224, 2)
+    assert len(jpegs) == 2 and jpegs[0] != jpegs[1]
+    image = Image.open(__import__("io").BytesIO(jpegs[0]))
+    assert (image.format, image.size) == ("JPEG", (320, 240))
+    from hub_cutinit.data.device_augment import make_device_view_transform
+
+    spec = make_device_view_transform("dino", 224, num_local_views=6).spec
+    assert dp.view_cost(spec, 224) == pytest.approx(2 + 6 * (96 / 224) ** 2)
 
 
 def test_memory(bench, tmp_path: Path) -> None:
@@ -114,7 +140,21 @@ def test_gpu_bench_without_cuda(bench, capsys: pytest.CaptureFixture[str]) -> No
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: gpu_bench would run for real")
     with pytest.raises(SystemExit) as exit_info:
-        bench("gpu_bench").main(["--quick", "--out", str(REPO / "never-written.json")])
+        bench("gpu_bench").main(["--out", str(REPO / "never-written.json")])
     assert exit_info.value.code == 1
     assert "no CUDA device" in capsys.readouterr().err
     assert sys.modules.get("recipes.benchmarks.gpu_bench") is not None
+
+
+def test_gpu_bench_quick(bench, tmp_path: Path) -> None:
+    """The smoke mode (CPU without a GPU): both data paths, hub and hand, both methods."""
+    res = run(bench, "gpu_bench", tmp_path)
+    assert not hasattr(bench("gpu_bench"), "HubAsyncRunner")
+    cfg = res["config"]
+    assert cfg["paths"] == ["cpu", "device"] and cfg["implementations"] == ["hub", "hand"]
+    for method in ("simclr", "byol"):
+        (entry,) = [v for k, v in res["results"].items() if k.startswith(method + " ")]
+        assert set(entry["images_per_s"]) == {"hub cpu", "hand cpu", "hub device", "hand device"}
+        assert all(v["median"] > 0 for v in entry["images_per_s"].values())
+        assert {"hub/hand cpu", "hub/hand device", "hub device/cpu"} <= set(entry["ratios"])
+        assert entry["same_computation"], entry["first_loss"]  # same weights, same first loss
