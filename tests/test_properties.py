@@ -319,6 +319,8 @@ def test_valid_flag_combinations_fill_the_config(
     method: str, drawn: tuple[list[str], dict[str, Any]]
 ) -> None:
     argv, expected = drawn
+    # fp16 with DINO at its default c = 9 is refused by design (the bottleneck underflows)
+    assume(not (method == "dino" and expected.get("mixed_precision") == "fp16"))
     cfg = parse_args(method, argv)
     assert cfg.method == method
     got = cfg.to_dict()
