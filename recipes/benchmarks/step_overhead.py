@@ -1,8 +1,9 @@
 """Where the hub_cutinit step loses against the hand-written loop (issue 13 item 5).
 
 Interleaved rounds of one resnet18 step (32 px, batch 64, CPU) for: the Trainer's step as
-`train()` runs it (convergence monitor every 10 steps), the same step without the monitor, and
-the hand-written loop of ``train_step.py``. Prints the per-step medians and the ratios.
+`train()` runs it (convergence monitor every 10 steps), the same step without the monitor,
+without the monitor and without the gradient finiteness check (loss checked only), and the
+hand-written loop of ``train_step.py``. Prints the per-step medians and the ratios.
 
     python -m recipes.benchmarks.step_overhead --out recipes/results/step_overhead/step_overhead.json
 """
@@ -35,9 +36,20 @@ def measure(method: str, *, batch_size: int, repeats: int, inner: int) -> dict[s
     plain = ts.HubRunner(method, views, accelerator=accelerator)
     plain.trainer.cfg.convergence_monitor = False
     plain.trainer.monitor = None
+    torch.manual_seed(0)
+    bare = ts.HubRunner(method, views, accelerator=accelerator)
+    bare.trainer.cfg.convergence_monitor = False
+    bare.trainer.monitor = None
+    # the gradient finiteness check priced: only the loss is checked (no pass over the grads)
+    bare.trainer._guard_update = lambda loss: (~torch.isfinite(loss)).float().reshape(1)
     hand = ts.HandRunner(monitored)
     samples = common.interleaved(
-        {"hub": monitored.step, "hub_no_monitor": plain.step, "hand": hand.step},
+        {
+            "hub": monitored.step,
+            "hub_no_monitor": plain.step,
+            "hub_no_monitor_no_grad_check": bare.step,
+            "hand": hand.step,
+        },
         repeats=repeats,
         inner=inner,
     )
@@ -46,7 +58,12 @@ def measure(method: str, *, batch_size: int, repeats: int, inner: int) -> dict[s
         **{f"{k}_s": v for k, v in med.items()},
         "hub/hand": med["hand"] / med["hub"],
         "hub_no_monitor/hand": med["hand"] / med["hub_no_monitor"],
+        "hub_no_monitor_no_grad_check/hand": med["hand"] / med["hub_no_monitor_no_grad_check"],
         "monitor share of the hub step": 1 - med["hub_no_monitor"] / med["hub"],
+        "gradient check share of the hub step": (
+            med["hub_no_monitor"] - med["hub_no_monitor_no_grad_check"]
+        )
+        / med["hub"],
     }
 
 
