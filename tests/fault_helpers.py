@@ -424,3 +424,23 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def saved_weights(out: Path) -> dict[str, Any]:
+    """Every tensor of a hub_cutinit save: the backbone and the heads (prefixed ``heads.``)."""
+    from safetensors.torch import load_file
+
+    return {
+        **load_file(str(out / "model.safetensors")),
+        **{f"heads.{k}": v for k, v in load_file(str(out / "ssl_heads.safetensors")).items()},
+    }
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    """Two saves hold the same tensors, equal within ``atol``."""
+    import torch
+
+    wa, wb = saved_weights(a), saved_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=atol, msg=key)

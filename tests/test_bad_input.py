@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import HUB_USER
-from fault_helpers import encode, write_image_parquet
+from fault_helpers import assert_same_weights, encode, write_image_parquet
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -88,20 +88,6 @@ def patch_train_step(monkeypatch: pytest.MonkeyPatch, on_call: dict[int, str]) -
 
     monkeypatch.setattr(Trainer, "training_step", patched)
     return lrs
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return {
-        **load_file(str(out / "model.safetensors")),
-        **{f"heads.{k}": v for k, v in load_file(str(out / "ssl_heads.safetensors")).items()},
-    }
-
-
-def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=atol, msg=key)
 
 
 def digest(folder: Path) -> dict[str, str]:

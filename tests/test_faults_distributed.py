@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from fault_helpers import (
     ROOT,
     TINY_RECIPE_FLAGS,
     WRAPPER,
+    assert_same_weights,
     complete_steps,
     partial_dirs,
     processes_mentioning,
@@ -47,20 +47,6 @@ pytestmark = pytest.mark.faults
 
 SIMCLR = ["--set", *(f"{k}={v}" for k, v in get_preset("simclr", "tiny").items())]
 PAIR_ARGV = [*TINY_RECIPE_FLAGS, *SIMCLR, "--max-steps", "8", "--checkpoint-every", "2"]
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return {
-        **load_file(str(out / "model.safetensors")),
-        **{f"heads.{k}": v for k, v in load_file(str(out / "ssl_heads.safetensors")).items()},
-    }
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-5, msg=key)
 
 
 def final_error(stderr: str) -> str:

@@ -24,7 +24,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import HUB_USER
-from fault_helpers import encode, write_image_parquet
+from fault_helpers import assert_same_weights, encode, write_image_parquet
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -68,20 +68,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-def weights(out: Path) -> dict[str, torch.Tensor]:
-    return {
-        **load_file(str(out / "model.safetensors")),
-        **{f"heads.{k}": v for k, v in load_file(str(out / "ssl_heads.safetensors")).items()},
-    }
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-5, msg=key)
 
 
 def assert_complete(ckpt: Path) -> int:
