@@ -18,6 +18,7 @@ import torch
 from hub_cutinit import get_preset
 from hub_cutinit.hub import load_ssl_model
 from hub_cutinit.training import main
+from hub_cutinit.training.report import format_baselines
 
 DEMO_FLAGS = [
     "--backbone",
@@ -52,7 +53,7 @@ def verdict(result: dict) -> str:
     return (
         f"At this budget ({result['steps']} steps) self-supervised training moved the "
         f"backbone's kNN accuracy {gain:+.1f} points from its random initialisation, "
-        f"{than_pixels} kNN on raw pixels ({pixels:.1%})."
+        f"{than_pixels} kNN on raw pixels ({pixels * 100:.1f} %)."
     )
 
 
@@ -70,16 +71,21 @@ def run(argv: list[str]) -> None:
     )
     if diff != 0.0:
         sys.exit("the timm reload does not reproduce the trained backbone")
+    for line in outcome_lines(result):
+        print(line)
+
+
+def outcome_lines(result: dict) -> list[str]:
+    """The run's outcome in sentences: kNN accuracy and norms, the baselines, the verdict."""
     norms = (result.get("final_norms") or {}).get("norms") or {}
-    base = result.get("baselines") or {}
-    print(
-        f"kNN accuracy {result.get('knn_accuracy') or float('nan'):.1%} | random-init backbone "
-        f"{base.get('random_init_knn', float('nan')):.1%} | raw pixels "
-        f"{base.get('raw_pixels_knn', float('nan')):.1%}   (c = {result['c']:g}, "
-        + ", ".join(f"‖{k}‖ {v['mean']:.3g}" for k, v in sorted(norms.items()))
-        + ")"
+    knn = result.get("knn_accuracy")
+    means = ", ".join(f"‖{k}‖ {v['mean']:.3g}" for k, v in sorted(norms.items()))
+    head = (
+        f"kNN accuracy of the trained backbone: {knn * 100:.1f} %" if knn is not None else "Trained"
     )
-    print(verdict(result))
+    lines = [f"{head} (c = {result['c']:g}{', mean ' + means if means else ''})."]
+    baselines = format_baselines(result.get("baselines") or {})
+    return [*lines, *([baselines] if baselines else []), verdict(result)]
 
 
 if __name__ == "__main__":

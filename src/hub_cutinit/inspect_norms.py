@@ -4,7 +4,8 @@ Measures the embedding norms ‖z‖ of any vision model on a few batches of rea
 the norms after :func:`hub_cutinit.cut_init` with c ∈ {1, 3, 9} (on copies: the model is never
 modified), and prints the paper's reading: the gradient reaching a normalised embedding is
 ∝ 1/‖z‖ and the angle one step turns z is ∝ lr/‖z‖², so relative to c = 1 a cut model takes
-(‖z₁‖/‖z_c‖)² larger steps at the same learning rate.
+(‖z₁‖/‖z_c‖)² larger steps at the same learning rate. With ``--figure PATH`` it also plots
+the numbers to a PNG (:func:`plot_report`); without it, it writes no file.
 
 MODEL is one of
 
@@ -33,7 +34,6 @@ import argparse
 import copy
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -268,10 +268,6 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return save_figure(fig, path, title=title)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "model"
-
-
 def _cli(args: argparse.Namespace) -> int:
     report = inspect_norms(
         args.model,
@@ -283,27 +279,28 @@ def _cli(args: argparse.Namespace) -> int:
         cs=args.c,
         pretrained=args.pretrained,
     )
-    png = Path(args.out or f"inspect-{_slug(args.model)}.png")
-    report["png"] = str(plot_report(report, png))
+    if args.figure:
+        report["png"] = str(plot_report(report, Path(args.figure)))
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         print()
     else:
         print(format_table(report))
-        print(f"\nPlot: {png}")
+        if args.figure:
+            print(f"\nPlot: {report['png']}")
     return 0
 
 
 def register_cli(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``inspect MODEL [--dataset D] [--batches N] [--batch-size B] [--image-size S]
-    [--c C ...] [--out PNG] [--json] [--pretrained]``.
+    [--c C ...] [--figure PNG] [--json] [--pretrained]``.
 
     Example:
         >>> parser = argparse.ArgumentParser(prog="hub-cutinit")
         >>> _ = register_cli(parser.add_subparsers(dest="command"))
         >>> args = parser.parse_args(["inspect", "resnet18", "--batches", "2"])
-        >>> args.model, args.batches, args.c, args.dataset
-        ('resnet18', 2, [1.0, 3.0, 9.0], 'builtin')
+        >>> args.model, args.batches, args.c, args.dataset, args.figure
+        ('resnet18', 2, [1.0, 3.0, 9.0], 'builtin', None)
     """
     parser = subparsers.add_parser(
         "inspect",
@@ -311,7 +308,8 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Measure the embedding norms of MODEL on a few batches of a dataset, then after "
             "cut_init with each c, and print the paper's reading: gradient ∝ 1/‖z‖, angle per "
-            "step ∝ lr/‖z‖². Writes a PNG; --json prints the numbers as JSON."
+            "step ∝ lr/‖z‖². --figure PATH also plots them to a PNG (no file is written "
+            "without it); --json prints the numbers as JSON."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -328,7 +326,14 @@ def register_cli(subparsers: Any) -> argparse.ArgumentParser:
         "--image-size", type=int, default=None, help="input size (default: the model's own)"
     )
     parser.add_argument("--c", nargs="+", type=float, default=[1.0, 3.0, 9.0], help="cut factors")
-    parser.add_argument("--out", default=None, help="PNG path (default: inspect-MODEL.png)")
+    parser.add_argument(
+        "--figure",
+        "--out",
+        dest="figure",
+        default=None,
+        metavar="PNG",
+        help="also plot the norms and relative steps to this PNG (default: no figure)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument(
         "--pretrained", action="store_true", help="load a timm name's pretrained weights"

@@ -17,9 +17,9 @@ One path for every source (built-in Fashion-MNIST subset, local folder or files,
 
 The training loop uses the one-call builders of :mod:`hub_cutinit.data.pipeline`
 (``build_train_stream``, ``plan_evaluation`` — which evaluation the data allows: a test split,
-a held-out slice, or none for unlabelled images —, ``count_examples``, ``corrupt_count``). See
-:mod:`hub_cutinit.data.resolve`, :mod:`hub_cutinit.data.transforms` and
-:mod:`hub_cutinit.data.stream` for the details.
+a held-out slice, or none for unlabelled images —, ``count_examples``, ``corrupt_count``,
+``corrupt_examples``). See :mod:`hub_cutinit.data.resolve`, :mod:`hub_cutinit.data.transforms`
+and :mod:`hub_cutinit.data.stream` for the details.
 
 Example:
     >>> ds, image_col, label_col = resolve_dataset("builtin", "test")
@@ -44,6 +44,7 @@ from hub_cutinit.data.pipeline import (
     check_dataset_spec,
     check_decodable,
     corrupt_count,
+    corrupt_examples,
     count_examples,
     dataset_label,
     default_num_workers,
@@ -106,6 +107,7 @@ __all__ = [
     "class_names",
     "collate_samples",
     "corrupt_count",
+    "corrupt_examples",
     "count_examples",
     "decode_image",
     "detect_columns",

@@ -267,6 +267,20 @@ def corrupt_count(loader: Any) -> int:
     return int(getattr(loader, "num_corrupt", 0))
 
 
+def corrupt_examples(loader: Any) -> list[str]:
+    """Names of the first few corrupt images ``loader`` skipped in this process (file path,
+    else id, else row; at most ``MAX_CORRUPT_EXAMPLES``), for a report next to
+    :func:`corrupt_count`. Gather them across ranks for a global list.
+
+    Example:
+        >>> loader = make_eval_loader(build_train_stream("builtin", method="byol",
+        ...                                              image_size=32, split="test"), 500)
+        >>> corrupt_examples(loader)
+        []
+    """
+    return [str(name) for name in getattr(loader, "corrupt_examples", None) or []]
+
+
 # -- what --dataset accepts, and early checks ---------------------------------------------------
 #: The kinds of dataset spec that ``--dataset`` / ``--eval-dataset`` accept (for messages).
 DATASET_KINDS = (

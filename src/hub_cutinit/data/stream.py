@@ -21,7 +21,9 @@
 - **lazy decode, corrupt images**: images are decoded only when yielded. An image that fails
   to decode (or to convert to RGB) is skipped; the number skipped since the previous yielded
   sample of the same worker rides along as ``sample["num_corrupt"]``, so the count crosses
-  process boundaries inside the batches (see :class:`SSLDataLoader`). Under an
+  process boundaries inside the batches (see :class:`SSLDataLoader`); the names of the first
+  ``MAX_CORRUPT_EXAMPLES`` of a worker's epoch (file path, else id, else row: see
+  :func:`corrupt_example_name`) ride along as ``sample["corrupt_examples"]``. Under an
   :class:`SSLDataLoader`, those after a worker's last sample come as a marker sample
   (``TRAILING_CORRUPT``) and those in a dropped partial batch are counted too: every corrupt
   row is counted;
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from itertools import islice
@@ -70,6 +73,10 @@ _HF_IMAGE = datasets.Image()  # decoder for {"bytes", "path"} values (local or r
 _STATE_KEY = "hub_cutinit"
 #: Key of the marker "sample" carrying the count of corrupt images after a stream's last sample.
 TRAILING_CORRUPT = "trailing_corrupt"
+#: Corrupt images named (per worker and epoch in the stream, per loader in SSLDataLoader).
+MAX_CORRUPT_EXAMPLES = 5
+#: torch's warning when torchdata's StatefulDataLoader calls the removed ``torch.set_vital``.
+_SET_VITAL_WARNING = "'set_vital' is deprecated"
 
 
 class _OneExampleBufferFilter(logging.Filter):
@@ -168,6 +175,26 @@ def _read_error(err: BaseException, dataset: datasets.IterableDataset) -> Stream
 def _worker() -> tuple[int, int]:
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def corrupt_example_name(value: Any, example_id: Any = None, row: str = "") -> str:
+    """How a report names an undecodable image: its file path when the dataset stores one
+    (a local path or a Hub file), else its id (``example_id``), else ``row``.
+
+    Example:
+        >>> corrupt_example_name({"bytes": b"junk", "path": "cats/001.jpg"})
+        'cats/001.jpg'
+        >>> corrupt_example_name({"bytes": b"junk", "path": None}, example_id=17)
+        'id 17'
+        >>> corrupt_example_name(None, row="row 3")
+        'row 3 (image missing)'
+    """
+    path = value.get("path") if isinstance(value, dict) else value
+    if isinstance(path, str) and path:
+        return path
+    if example_id is not None:
+        return f"id {example_id}"
+    return f"{row or 'an example'}{' (image missing)' if value is None else ''}"
 
 
 class SSLImageStream(torch.utils.data.IterableDataset):
@@ -295,6 +322,21 @@ class SSLImageStream(torch.utils.data.IterableDataset):
         self._state = None
 
     # -- iteration ----------------------------------------------------------------------------
+    def _row_name(self, block: int, index: int) -> str:
+        """Names a row of this worker's stream (with no path nor id to name it by)."""
+        worker_id, num_workers = _worker()
+        where = [f"rank {self.rank}"] if self.world_size > 1 else []
+        where += [f"worker {worker_id}"] if num_workers > 1 else []
+        row = f"row {block * self.block_size + index}"
+        return f"{row} of {', '.join(where)}'s stream" if where else row
+
+    def _corrupt_name(self, example: dict[str, Any], block: int, index: int) -> str:
+        """The name of an undecodable example (see :func:`corrupt_example_name`)."""
+        example_id = example.get(self.id_column) if self.id_column else None
+        return corrupt_example_name(
+            example.get(self.image_column), example_id, self._row_name(block, index)
+        )
+
     def _sample(self, example: dict[str, Any], key: list[int]) -> dict[str, Any] | None:
         try:
             image = to_rgb(decode_image(example[self.image_column]))
@@ -335,6 +377,8 @@ class SSLImageStream(torch.utils.data.IterableDataset):
         self._state = {"epoch": epoch, "block": block, "pos": pos, "source": source}
         examples = iter(self.dataset)
         skipped, yielded_any = 0, start is not None
+        names: list[str] = []  # of corrupt images not reported yet
+        named = 0  # corrupt images named so far in this iteration (at most MAX_CORRUPT_EXAMPLES)
         while True:
             try:
                 items = list(islice(examples, self.block_size))
@@ -354,6 +398,9 @@ class SSLImageStream(torch.utils.data.IterableDataset):
                 )
                 if sample is None:
                     skipped += 1
+                    if named < MAX_CORRUPT_EXAMPLES:
+                        names.append(self._corrupt_name(items[order[i]], block, int(order[i])))
+                        named += 1
                     if not yielded_any and skipped >= self.max_initial_failures:
                         raise RuntimeError(
                             f"the first {skipped} images of column {self.image_column!r} all "
@@ -362,26 +409,30 @@ class SSLImageStream(torch.utils.data.IterableDataset):
                         )
                     continue
                 sample["num_corrupt"], skipped, yielded_any = skipped, 0, True
+                if names:
+                    sample["corrupt_examples"], names = names, []
                 self._state = {"epoch": epoch, "block": block, "pos": i + 1, "source": source}
                 yield sample
             if len(items) < self.block_size:
                 break
             source = self.dataset.state_dict()  # the source position after this block
             block, pos = block + 1, 0
-        if skipped and self.report_trailing_corrupt:
-            yield {TRAILING_CORRUPT: True, "num_corrupt": skipped}  # counted by SSLDataLoader
+        if skipped and self.report_trailing_corrupt:  # counted by SSLDataLoader
+            yield {TRAILING_CORRUPT: True, "num_corrupt": skipped, "corrupt_examples": names}
         elif skipped:
             logger.warning(
-                "%d corrupt image(s) at the end of worker %d's stream were skipped but not "
+                "%d corrupt image(s) at the end of worker %d's stream (%s) were skipped but not "
                 "reported in a batch (iterate through an SSLDataLoader to count them)",
                 skipped,
                 worker_id,
+                ", ".join(names),
             )
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch: ``views`` (list of ``(B, 3, H, W)``) or ``image``,
-    ``label`` (int64), ``id`` (tensor when numeric, else list) and ``num_corrupt`` (int).
+    ``label`` (int64), ``id`` (tensor when numeric, else list) and ``num_corrupt`` (int); the
+    samples' ``corrupt_examples`` (names of skipped images) are joined when there are any.
 
     Example:
         >>> s = {"views": [torch.zeros(3, 4, 4)] * 2, "label": 1, "num_corrupt": 2}
@@ -390,9 +441,11 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         ([(2, 3, 4, 4), (2, 3, 4, 4)], [1, 1], 2)
     """
     num_corrupt = int(sum(s.get("num_corrupt", 0) for s in samples))
+    names = [name for s in samples for name in s.get("corrupt_examples", ())]
     samples = [s for s in samples if not s.get(TRAILING_CORRUPT)]
     if not samples:  # only the end-of-stream marker: nothing to train on, a count to report
-        return {"label": torch.zeros(0, dtype=torch.long), "num_corrupt": num_corrupt}
+        batch = {"label": torch.zeros(0, dtype=torch.long), "num_corrupt": num_corrupt}
+        return {**batch, "corrupt_examples": names} if names else batch
     first = samples[0]
     batch: dict[str, Any] = {}
     if "views" in first:
@@ -407,6 +460,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
         numeric = all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids)
         batch["id"] = torch.tensor(ids, dtype=torch.long) if numeric else ids
     batch["num_corrupt"] = num_corrupt
+    if names:
+        batch["corrupt_examples"] = names
     return batch
 
 
@@ -416,12 +471,16 @@ class SSLDataLoader(StatefulDataLoader):
 
     - ``num_corrupt``: corrupt images this loader skipped (sum of the batches'
       ``num_corrupt``; per process: all-reduce it across ranks for a global count);
+    - ``corrupt_examples``: the names of the first ``MAX_CORRUPT_EXAMPLES`` of them (file
+      path, else id, else row; per process: gather them across ranks for a global list);
     - ``epoch`` / ``set_epoch(epoch)``: forwarded to the stream (the caller owns the epoch);
-    - ``state_dict()`` adds ``{"hub_cutinit": {"epoch", "epoch_finished", "num_corrupt"}}``;
+    - ``state_dict()`` adds ``{"hub_cutinit": {"epoch", "epoch_finished", "num_corrupt",
+      "corrupt_examples"}}``;
     - ``load_state_dict(state)``: call it after ``set_epoch``. When the state was saved in the
       current epoch, the next iteration resumes at exactly the next sample and ``num_corrupt``
-      is restored; a state from another epoch (e.g. saved after the epoch ended, then the caller
-      moved on) is ignored: the current epoch starts from its beginning and the count from 0.
+      and ``corrupt_examples`` are restored; a state from another epoch (e.g. saved after the
+      epoch ended, then the caller moved on) is ignored: the current epoch starts from its
+      beginning and the count from 0.
 
     Build it with :func:`make_train_loader` or :func:`make_eval_loader`.
     """
@@ -431,11 +490,15 @@ class SSLDataLoader(StatefulDataLoader):
     ) -> None:
         if isinstance(dataset, SSLImageStream):  # before workers copy it
             dataset.report_trailing_corrupt = True
-        super().__init__(dataset, *args, **kwargs)
+        with warnings.catch_warnings():  # torchdata calls torch's deprecated set_vital here
+            warnings.filterwarnings("ignore", message=_SET_VITAL_WARNING, category=UserWarning)
+            super().__init__(dataset, *args, **kwargs)
         #: yield only batches of ``batch_size`` samples; the corrupt images reported with a
         #: shorter (last) batch are still counted before it is dropped
         self.full_batches = full_batches
         self.num_corrupt = 0
+        #: names of the first ``MAX_CORRUPT_EXAMPLES`` corrupt images this loader skipped
+        self.corrupt_examples: list[str] = []
         self._epoch_finished = False
 
     @property
@@ -451,11 +514,17 @@ class SSLDataLoader(StatefulDataLoader):
         self._epoch_finished = False
         for batch in iterator:
             self.num_corrupt += int(batch.get("num_corrupt", 0))
+            self._keep_corrupt_examples(batch.get("corrupt_examples") or [])
             size = len(batch["label"])
             if size == 0 or (self.full_batches and size < (self.batch_size or 0)):
                 continue  # counted above; a partial batch (or only the end-of-stream count)
             yield batch
         self._epoch_finished = True
+
+    def _keep_corrupt_examples(self, names: list[str]) -> None:
+        """Keep the first ``MAX_CORRUPT_EXAMPLES`` names of skipped images."""
+        room = MAX_CORRUPT_EXAMPLES - len(self.corrupt_examples)
+        self.corrupt_examples.extend(str(name) for name in names[: max(room, 0)])
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -463,6 +532,7 @@ class SSLDataLoader(StatefulDataLoader):
             "epoch": self.epoch,
             "epoch_finished": self._epoch_finished,
             "num_corrupt": self.num_corrupt,
+            "corrupt_examples": list(self.corrupt_examples),
         }
         return state
 
@@ -476,10 +546,12 @@ class SSLDataLoader(StatefulDataLoader):
                 self.epoch,
             )
             self.num_corrupt = 0
+            self.corrupt_examples = []
             super().load_state_dict({})
             return
         if ours is not None:
             self.num_corrupt = int(ours["num_corrupt"])
+            self.corrupt_examples = [str(n) for n in ours.get("corrupt_examples", [])]
         super().load_state_dict(state)
 
 
@@ -513,7 +585,7 @@ def make_train_loader(
         >>> batch = next(iter(loader))
         >>> saved = loader.state_dict()  # resume later with load_state_dict(saved)
         >>> saved["hub_cutinit"]
-        {'epoch': 0, 'epoch_finished': False, 'num_corrupt': 0}
+        {'epoch': 0, 'epoch_finished': False, 'num_corrupt': 0, 'corrupt_examples': []}
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

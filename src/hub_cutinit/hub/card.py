@@ -37,6 +37,7 @@ __all__ = [
     "plot_norm_history",
     "load_template",
     "format_number",
+    "format_epochs",
     "CARD_TAGS",
 ]
 
@@ -198,6 +199,26 @@ def _eval_note(source: Any) -> str:
     )
 
 
+def format_epochs(training: Mapping[str, Any]) -> str | None:
+    """The epochs of a run, as a fraction of an epoch for a run shorter than one
+    (``None`` when unknown).
+
+    Example:
+        >>> format_epochs({"epochs": 0, "steps": 16, "steps_per_epoch": 64})
+        '0.25 epoch (16 of 64 steps)'
+        >>> format_epochs({"epochs": 3, "steps": 192, "steps_per_epoch": 64})
+        '3'
+    """
+    epochs = training.get("epochs")
+    if epochs is None:
+        return None
+    steps, per_epoch = training.get("steps"), training.get("steps_per_epoch")
+    partial_epoch = isinstance(steps, int) and isinstance(per_epoch, int) and per_epoch > 0
+    if epochs == 0 and partial_epoch and 0 < steps < per_epoch:
+        return f"{steps / per_epoch:.2g} epoch ({steps} of {per_epoch} steps)"
+    return format_number(epochs)
+
+
 def _training_rows(
     config: Mapping[str, Any], architecture: Any, c: str, dataset_text: str | None
 ) -> list[tuple[str, str]]:
@@ -237,14 +258,16 @@ def _training_rows(
         ("seed", "seed"),
     ):
         if training.get(key) is not None:
-            value = training[key]
-            rows.append(
-                (
-                    label,
-                    ", ".join(map(str, value)) if isinstance(value, list) else format_number(value),
-                )
-            )
+            rows.append((label, _training_value(training, key)))
     return rows
+
+
+def _training_value(training: Mapping[str, Any], key: str) -> str:
+    """A value of the "Training" table (epochs as a fraction for a run shorter than one)."""
+    value = training[key]
+    if key == "epochs":
+        return str(format_epochs(training))
+    return ", ".join(map(str, value)) if isinstance(value, list) else format_number(value)
 
 
 def _eval_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -271,6 +294,13 @@ def _eval_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, str]]:
     return eval_rows
 
 
+def _scale_epochs(training: Mapping[str, Any]) -> str | None:
+    """The epochs in the card's scale sentence: "3 epoch(s)" or "0.25 epoch (16 of 64 steps)"."""
+    text = format_epochs(training)
+    whole = text is not None and text == format_number(training.get("epochs"))
+    return f"{text} epoch(s)" if whole else text
+
+
 def _scale_note(
     training: Mapping[str, Any],
     evaluation: Mapping[str, Any],
@@ -282,7 +312,7 @@ def _scale_note(
     """The sentence stating the run's scale, with a warning when it loses to random init."""
     scale = [
         dataset_text,
-        f"{training['epochs']} epoch(s)" if training.get("epochs") is not None else None,
+        _scale_epochs(training),
         f"{format_number(training['steps'])} steps" if training.get("steps") is not None else None,
         f"`{architecture}`",
         training.get("hardware"),

@@ -6,7 +6,10 @@ from typing import Any
 
 from hub_cutinit.training.config import TrainConfig
 
-__all__ = ["print_summary", "format_norms"]
+__all__ = ["print_summary", "format_baselines", "format_corrupt", "format_norms"]
+
+#: How a sentence names the baselines the Trainer measures (others: their key, in words).
+BASELINE_NAMES = {"random_init_knn": "random-init backbone", "raw_pixels_knn": "raw pixels"}
 
 
 def format_norms(final_norms: dict[str, Any]) -> list[str]:
@@ -22,6 +25,43 @@ def format_norms(final_norms: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _percent(value: float) -> str:
+    """An accuracy (a fraction; a value above 1 is taken as already in %) as "52.3 %"."""
+    return f"{value * 100 if 0 <= value <= 1 else value:.1f} %"
+
+
+def format_baselines(baselines: dict[str, float]) -> str:
+    """The kNN baselines in one sentence (empty when there are none).
+
+    Example:
+        >>> format_baselines({"random_init_knn": 0.523, "raw_pixels_knn": 0.71})
+        'Baselines (kNN, same protocol): random-init backbone 52.3 %, raw pixels 71.0 %.'
+    """
+    if not baselines:
+        return ""
+    parts = [
+        f"{BASELINE_NAMES.get(key, key.removesuffix('_knn').replace('_', ' '))} {_percent(value)}"
+        for key, value in baselines.items()
+    ]
+    return "Baselines (kNN, same protocol): " + ", ".join(parts) + "."
+
+
+def format_corrupt(count: int, examples: list[str] | None = None) -> str:
+    """The corrupt-image count, naming the first skipped images when they are known.
+
+    Example:
+        >>> format_corrupt(7, ["a.png", "row 12"])
+        'corrupt images skipped: 7 (first: a.png, row 12, ...)'
+        >>> format_corrupt(0)
+        'corrupt images skipped: 0'
+    """
+    text = f"corrupt images skipped: {count}"
+    if not examples:
+        return text
+    more = ", ..." if count > len(examples) else ""
+    return f"{text} (first: {', '.join(map(str, examples))}{more})"
+
+
 def print_summary(result: dict[str, Any], cfg: TrainConfig) -> None:
     """Print what a user wants to see after a run: accuracy, norms, speed, where the model is."""
     print(
@@ -35,14 +75,8 @@ def print_summary(result: dict[str, Any], cfg: TrainConfig) -> None:
         print(
             f"kNN accuracy (k={cfg.knn_k}, T={cfg.knn_temperature}): {result['knn_accuracy']:.4f}"
         )
-    baselines = result.get("baselines") or {}
-    if baselines:
-        print(
-            "  same kNN protocol, baselines: "
-            + ", ".join(
-                f"{k.replace('_knn', '').replace('_', ' ')} {v:.4f}" for k, v in baselines.items()
-            )
-        )
+    if result.get("baselines"):
+        print("  " + format_baselines(result["baselines"]))
     if result.get("linear_probe_accuracy") is not None:
         print(f"linear probe accuracy: {result['linear_probe_accuracy']:.4f}")
     print("embedding norms over the last epoch:")
@@ -51,7 +85,7 @@ def print_summary(result: dict[str, Any], cfg: TrainConfig) -> None:
     print(
         f"training throughput {result['train_images_per_s']:.1f} images/s (data loading included, "
         f"evaluation excluded), wall time {result['wall_time_s']:.1f} s, "
-        f"corrupt images skipped: {result['corrupt_images']}"
+        + format_corrupt(result["corrupt_images"], result.get("corrupt_examples"))
     )
     print(
         f"saved to {cfg.output_dir}: timm.create_model('local-dir:{cfg.output_dir}', pretrained=True)"
