@@ -40,7 +40,7 @@ class BarlowLite(SSLModel):
 
     name = NAME
     display_name = "Barlow-Lite"
-    family = "non-contrastive"
+    family = "redundancy-reduction"  # any lowercase identifier: the family is open
     defaults = {
         **COMMON_DEFAULTS,
         "c": 9.0,
@@ -70,7 +70,7 @@ class BarlowLite(SSLModel):
     ) -> SSLOutput:
         feats = self.backbone(torch.cat(global_views))
         z = self.projector(feats)
-        z0, z1 = self._grad_scale(z).chunk(2)
+        z0, z1 = z.chunk(2)  # GradScale: the base class hooks the projector
         loss = cross_correlation_loss(z0, z1, float(self.hparams["off_diagonal_weight"]))
         return SSLOutput(loss, {"backbone": feats, "projection": z})
 

@@ -21,7 +21,7 @@ import torch
 from conftest import HUB_TOKEN, HUB_USER
 from safetensors.torch import load_file, save_file
 
-from hub_cutinit import create_ssl_model
+from hub_cutinit import create_ssl_model, get_preset, list_methods
 from hub_cutinit.hub import (
     BLOCK_KEY,
     FORMAT_VERSION,
@@ -189,10 +189,11 @@ def test_vit_img_size_survives_the_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded.criterion.center, model.criterion.center)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "simsiam", "dino"])
+@pytest.mark.parametrize("method", list_methods())
 def test_every_method_round_trips(method: str, tmp_path: Path) -> None:
     backbone = "test_vit" if method == "dino" else "test_resnet"
-    model = small_model(method, backbone, c=2.5)
+    heads = {} if method in SMALL_HEADS else get_preset(method, "tiny")  # any new method
+    model = small_model(method, backbone, c=2.5, **heads)
     for buffer in model.buffers():  # non-trivial loss buffers (MoCo queue, DINO center)
         if buffer.is_floating_point():
             buffer.normal_()

@@ -20,8 +20,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from hub_cutinit import create_ssl_model, cut_init, get_method_defaults, list_methods
+from hub_cutinit import create_ssl_model, cut_init, get_method_defaults, get_preset, list_methods
 from hub_cutinit.cut import cut_targets
+from hub_cutinit.methods.base import RunSpec
+from hub_cutinit.registry import check_run
 from hub_cutinit.training import TrainConfig, parse_args
 
 #: HUB_CUTINIT_HYPOTHESIS_SCALE=10 runs ten times more examples (a deeper local search).
@@ -182,28 +184,20 @@ OVERRIDE_VALUES: dict[str, st.SearchStrategy] = {
     "cut_scope": st.sampled_from(["all", "heads", "last"]),
     "num_local_views": st.integers(0, 2),
 }
-#: defaults that must be small for a fast test_resnet model, whatever else is drawn
-SMALL = {
-    "simclr": {"proj_hidden_dim": 16, "proj_dim": 8},
-    "moco": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 16},
-    "byol": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8},
-    "simsiam": {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 8},
-    "dino": {"head_hidden_dim": 16, "head_bottleneck_dim": 8, "head_out_dim": 16},
-}
 
 
 @st.composite
 def method_and_overrides(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """Any registered method, its ``tiny`` preset (fast heads) and up to 5 drawn overrides."""
     method = draw(st.sampled_from(list_methods()))
     defaults = get_method_defaults(method)
     keys = sorted(k for k in OVERRIDE_VALUES if k in defaults)
-    if method != "dino":
+    if not defaults.get("num_local_views"):  # local views only for multi-crop methods
         keys = [k for k in keys if k != "num_local_views"]
     if defaults.get("momentum") is None:
         keys = [k for k in keys if k != "momentum"]
     chosen = draw(st.lists(st.sampled_from(keys), unique=True, max_size=5))
-    overrides = {**SMALL[method], **{k: draw(OVERRIDE_VALUES[k]) for k in chosen}}
-    assume(not (method == "dino" and overrides.get("cut_scope") == "last"))  # see below
+    overrides = {**get_preset(method, "tiny"), **{k: draw(OVERRIDE_VALUES[k]) for k in chosen}}
     return method, overrides
 
 
@@ -225,13 +219,16 @@ def test_valid_overrides_round_trip_through_get_config(drawn: tuple[str, dict[st
     assert {k: v.shape for k, v in again.state_dict().items()} == shapes
 
 
-def test_dino_cut_scope_last_works_or_says_why() -> None:
+@pytest.mark.parametrize("method", list_methods())
+def test_cut_scope_last_works_or_says_why(method: str) -> None:
     try:
-        model = create_ssl_model("dino", "test_resnet", cut_scope="last", **SMALL["dino"])
+        model = create_ssl_model(
+            method, "test_resnet", cut_scope="last", **get_preset(method, "tiny")
+        )
     except ValueError as err:
-        assert "fixed" in str(err) or "dino" in str(err).lower(), str(err)
+        assert "fixed" in str(err) or method in str(err).lower(), str(err)
     else:
-        assert model.cut_init_c == 9.0
+        assert model.cut_init_c == get_method_defaults(method)["c"]
 
 
 identifier = st.from_regex(r"[a-z][a-z_]{0,14}", fullmatch=True)
@@ -315,12 +312,13 @@ def flag_sets(draw: st.DrawFn) -> tuple[list[str], dict[str, Any]]:
 
 @FAST
 @given(method=st.sampled_from(list_methods()), drawn=flag_sets())
+@example(method="dino", drawn=(["--mixed-precision", "fp16"], {"mixed_precision": "fp16"}))
 def test_valid_flag_combinations_fill_the_config(
     method: str, drawn: tuple[list[str], dict[str, Any]]
 ) -> None:
     argv, expected = drawn
-    # fp16 with DINO at its default c = 9 is refused by design (the bottleneck underflows)
-    assume(not (method == "dino" and expected.get("mixed_precision") == "fp16"))
+    if _refused_by_the_method(method, expected, argv):  # e.g. DINO refuses fp16 at c = 9
+        return
     cfg = parse_args(method, argv)
     assert cfg.method == method
     got = cfg.to_dict()
@@ -329,6 +327,21 @@ def test_valid_flag_combinations_fill_the_config(
     defaults = TrainConfig(method=method).to_dict()
     untouched = set(defaults) - set(expected) - {"method"}
     assert {k: got[k] for k in untouched} == {k: defaults[k] for k in untouched}
+
+
+def _refused_by_the_method(method: str, expected: dict[str, Any], argv: list[str]) -> bool:
+    """True (after checking that the flags exit 2 with its message) when the method's
+    ``check_run`` refuses the drawn c and precision; False when it accepts them."""
+    c = expected.get("c", get_method_defaults(method)["c"])
+    try:
+        check_run(method, RunSpec(c=float(c), mixed_precision=expected.get("mixed_precision")))
+    except ValueError as refusal:
+        err = io.StringIO()
+        with pytest.raises(SystemExit) as info, contextlib.redirect_stderr(err):
+            parse_args(method, argv)
+        assert info.value.code == 2 and str(refusal)[:40] in err.getvalue(), (argv, err.getvalue())
+        return True
+    return False
 
 
 def _invalid_values(flag: str) -> st.SearchStrategy[str]:

@@ -15,18 +15,24 @@ Example:
     {'proj_hidden_dim': 512, 'queue_size': 1024}
     >>> get_display_name("simsiam"), get_display_name("not-registered")
     ('SimSiam', 'not-registered')
+    >>> from hub_cutinit.methods.base import RunSpec
+    >>> [m[:25] for m in check_run("moco", RunSpec(c=3.0, global_batch_size=2048))]
+    ["MoCo's queue (4,096 keys)"]
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hub_cutinit.methods.base import SSLModel
+    from hub_cutinit.methods.base import RunSpec, SSLModel
 
 __all__ = [
+    "KNOWN_FAMILIES",
+    "check_run",
     "register_method",
     "unregister_method",
     "list_methods",
@@ -39,13 +45,35 @@ __all__ = [
 _METHODS: dict[str, type[SSLModel]] = {}
 _REQUIRED_DEFAULTS = frozenset({"c", "weight_decay", "optimizer", "base_lr"})
 
+#: Families with a name already (the paper's c: 3 contrastive, 9 non-contrastive). ``family`` is
+#: open: any lowercase identifier (letters, digits, ``-`` or ``_``, starting with a letter).
+KNOWN_FAMILIES: tuple[str, ...] = (
+    "contrastive",
+    "non-contrastive",
+    "redundancy-reduction",
+    "clustering",
+)
+_FAMILY_RULE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
+
+
+def _check_family(cls: type) -> None:
+    family = getattr(cls, "family", None)
+    if not isinstance(family, str) or not _FAMILY_RULE.fullmatch(family):
+        raise ValueError(
+            f"{cls.__name__}.family must be a non-empty lowercase identifier (letters, digits, "
+            f"'-' or '_', starting with a letter), e.g. one of {list(KNOWN_FAMILIES)}; got "
+            f"{family!r}."
+        )
+
 
 def register_method(cls: type[SSLModel]) -> type[SSLModel]:
     """Class decorator adding an :class:`~hub_cutinit.methods.base.SSLModel` to the registry.
 
-    The class must define ``name``, ``family`` (``"contrastive"`` or ``"non-contrastive"``) and
-    ``defaults`` (with at least ``c``, ``weight_decay``, ``optimizer`` and ``base_lr``); its
-    ``presets`` must be dicts of known hyper-parameters.
+    The class must define ``name``, ``family`` (a lowercase identifier, see
+    :data:`KNOWN_FAMILIES`) and ``defaults`` (with at least ``c``, ``weight_decay``,
+    ``optimizer`` and ``base_lr``); its ``presets`` must be dicts of known hyper-parameters.
+    A ``"tiny"`` preset is expected (the test suite runs every registered method with it) but
+    not enforced here: the tests fail naming a method without one.
 
     Example:
         >>> from hub_cutinit.methods.simclr import SimCLR
@@ -59,8 +87,7 @@ def register_method(cls: type[SSLModel]) -> type[SSLModel]:
     name = getattr(cls, "name", "")
     if not name or not isinstance(name, str):
         raise ValueError(f"{cls.__name__} needs a non-empty string class attribute `name`.")
-    if getattr(cls, "family", None) not in ("contrastive", "non-contrastive"):
-        raise ValueError(f"{cls.__name__}.family must be 'contrastive' or 'non-contrastive'.")
+    _check_family(cls)
     defaults = getattr(cls, "defaults", None) or {}
     missing = _REQUIRED_DEFAULTS - set(defaults)
     if missing:
@@ -115,6 +142,20 @@ def get_method_class(method: str) -> type[SSLModel]:
             "your own must be registered with @hub_cutinit.register_method before use."
         )
     return _METHODS[method]
+
+
+def check_run(method: str, run: RunSpec) -> list[str]:
+    """The registered method's checks on a run (:meth:`SSLModel.check_run`).
+
+    Raises ``ValueError`` naming the fix for a run that cannot work; returns the warnings (not
+    emitted: the caller logs or ``warnings.warn``-s them) for one that is questionable.
+
+    Example:
+        >>> from hub_cutinit.methods.base import RunSpec
+        >>> check_run("simclr", RunSpec(c=3.0, mixed_precision="fp16", global_batch_size=512))
+        []
+    """
+    return list(get_method_class(method).check_run(run))
 
 
 def get_method_defaults(method: str) -> dict[str, Any]:

@@ -5,6 +5,16 @@ A method of your own subclasses :class:`SSLModel` and is decorated with
 """
 
 from hub_cutinit.methods import byol, dino, moco, simclr
-from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput, ViewSpec
+from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput, ViewSpec
 
-__all__ = ["COMMON_DEFAULTS", "SSLModel", "SSLOutput", "ViewSpec", "byol", "dino", "moco", "simclr"]
+__all__ = [
+    "COMMON_DEFAULTS",
+    "RunSpec",
+    "SSLModel",
+    "SSLOutput",
+    "ViewSpec",
+    "byol",
+    "dino",
+    "moco",
+    "simclr",
+]

@@ -1,8 +1,9 @@
 """The base class of every SSL method: one step API for the trainer and the norm tracker.
 
 A method subclass builds its heads in :meth:`SSLModel.build_heads` and computes its loss in
-:meth:`SSLModel.compute`. Everything else — view validation, the momentum teacher, the record
-of the cut, the config that rebuilds the model — lives here.
+:meth:`SSLModel.compute`. Everything else — view validation, GradScale, the momentum teacher,
+the record of the cut, the config that rebuilds the model, the checks on a run
+(:meth:`SSLModel.check_run` with a :class:`RunSpec`) — lives here.
 
 Example:
     >>> import torch
@@ -16,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,7 @@ from torch import nn
 __all__ = [
     "COMMON_DEFAULTS",
     "MOMENTUM_SCHEDULES",
+    "RunSpec",
     "SSLModel",
     "SSLOutput",
     "ViewSpec",
@@ -106,6 +109,71 @@ class SSLOutput:
     embeddings: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """What a training run is about to do, as :meth:`SSLModel.check_run` sees it.
+
+    Attributes:
+        c: the run's cut factor.
+        mixed_precision: ``"fp16"``, ``"bf16"``, ``"no"`` or ``None`` (full precision).
+        global_batch_size: images per optimiser step over all processes and accumulation
+            steps; ``None`` when not known yet (at flag-parsing time).
+        device_type: ``"cuda"``, ``"cpu"``, … or ``None`` when not known yet.
+        hparams: the method's hyper-parameters for the run, in full or only the overrides;
+            methods read them over their class defaults (:meth:`SSLModel.run_hparams`).
+
+    Example:
+        >>> run = RunSpec(c=9.0, mixed_precision="bf16")
+        >>> run.global_batch_size is None, dict(run.hparams)
+        (True, {})
+    """
+
+    c: float
+    mixed_precision: str | None = None
+    global_batch_size: int | None = None
+    device_type: str | None = None
+    hparams: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        batch = self.global_batch_size
+        if batch is not None and (
+            isinstance(batch, bool) or not isinstance(batch, int) or batch < 1
+        ):
+            raise ValueError(
+                f"global_batch_size must be an int >= 1 or None (not known yet), got {batch!r}."
+            )
+
+
+def _scale_by_norm(z: torch.Tensor, power: float, grad: torch.Tensor) -> torch.Tensor:
+    """GradScale's backward (:func:`hub_cutinit.theory.grad_scale`): ``grad`` × ``‖z‖^p`` by row."""
+    norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    if power < 0:
+        norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    return grad * norm.pow(power).to(grad.dtype)
+
+
+class _GradScaleHook:
+    """Forward hook putting GradScale on a module's output: the gradient reaching it × ``‖z‖^p``.
+
+    The output tensor itself is returned unchanged (the forward is the identity and the
+    embeddings a method reports are that very tensor, so their ``.grad`` is the scaled one).
+    It holds only ``p``, never the model, so copying the head alone stays cheap.
+    """
+
+    def __init__(self, power: float) -> None:
+        self.power = float(power)
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim < 1:
+            raise ValueError(
+                f"GradScale needs an embedding tensor from {type(module).__name__}, got "
+                f"{type(output).__name__}; point the method's grad_scale_at at the submodule "
+                "whose output embedding enters the loss."
+            )
+        if output.requires_grad:
+            output.register_hook(functools.partial(_scale_by_norm, output.detach(), self.power))
+
+
 def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
     """EMA momentum raised from ``base`` to ``final`` on a half cosine (BYOL, DINO).
 
@@ -120,20 +188,55 @@ def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
 class SSLModel(nn.Module):
     """A timm backbone with the heads, loss and (optionally) momentum teacher of one method.
 
-    Subclasses set the class attributes and implement :meth:`build_heads` and
-    :meth:`compute`. Create instances with :func:`hub_cutinit.create_ssl_model`, which applies
-    the cut.
+    Create instances with :func:`hub_cutinit.create_ssl_model`, which applies the cut.
+
+    The method contract — what a subclass provides:
+
+    * the class attributes below, checked by :func:`hub_cutinit.register_method`; ``presets``
+      must include ``"tiny"`` (test-size heads: the test suite runs every registered method
+      with it and fails naming a method without one);
+    * :meth:`build_heads` (the head modules) and :meth:`compute` (loss and embeddings of one
+      step, on views :meth:`forward` has validated);
+    * optionally :meth:`check_run`, the method's checks on a run (:class:`RunSpec`): it raises
+      ``ValueError`` naming the fix for a run that cannot work and returns warnings for one
+      that works but is questionable (DINO refuses fp16 at c >= 9, MoCo warns when its queue
+      is short for the global batch); the training config calls it before the run, the
+      trainer again once the global batch is known.
+
+    GradScale (``grad_scale_power`` p, extended paper) is applied by this class, not by the
+    methods: after :meth:`build_heads` it registers a forward hook on the submodule named by
+    :attr:`grad_scale_at` (by default ``predictor`` when the model has one, else
+    ``projector``) that multiplies every gradient reaching that module's output, row by row,
+    by ``‖z‖^p`` — the backward of :func:`hub_cutinit.theory.grad_scale`, with the same
+    numbers, while the forward and the output tensor are untouched (so the ``.grad`` of the
+    embedding a method reports is the scaled one). ``compute`` just calls its heads and must
+    not scale again. With p = 0 no hook is registered. Point ``grad_scale_at`` at the
+    raw (un-normalised) embedding that enters the loss; ``None`` declares that the method has
+    none and refuses p != 0. p is read when the model is built.
 
     Attributes:
         name: the registry name (``"byol"``).
         display_name: the name people write (``"BYOL"``), for model cards and the CLI.
-        family: ``"contrastive"`` or ``"non-contrastive"``.
+        family: a lowercase identifier such as ``"contrastive"``, ``"non-contrastive"``,
+            ``"redundancy-reduction"`` or ``"clustering"`` (see
+            :data:`hub_cutinit.registry.KNOWN_FAMILIES`; others are allowed).
         defaults: the method's default hyper-parameters (a plain, JSON-serialisable dict).
         presets: named overrides of ``defaults``: ``"paper"`` (``{}``), ``"cpu"`` (heads small
             enough for CPU sweeps), ``"tiny"`` (test-size heads); read them with
             :func:`hub_cutinit.registry.get_preset`.
         teacher_parts: attribute names copied into the momentum teacher (empty: no teacher).
         head_names: attribute names of the SSL heads (the cut scopes "heads" and "last").
+        grad_scale_at: dotted path of the submodule whose output carries GradScale; ``""``
+            (the default) picks ``predictor`` or ``projector``; ``None``: no GradScale.
+
+    Example:
+        >>> import torch
+        >>> from hub_cutinit import create_ssl_model
+        >>> from hub_cutinit.registry import get_preset
+        >>> m = create_ssl_model("simclr", "test_resnet", grad_scale_power=1.0,
+        ...                      **get_preset("simclr", "tiny"))
+        >>> m.grad_scale_module() is m.projector
+        True
     """
 
     name: ClassVar[str] = ""
@@ -143,6 +246,7 @@ class SSLModel(nn.Module):
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
     teacher_parts: ClassVar[tuple[str, ...]] = ()
     head_names: ClassVar[tuple[str, ...]] = ()
+    grad_scale_at: ClassVar[str | None] = ""
     #: The momentum teacher is not cut directly: it is re-copied from the cut student.
     cut_init_skip_prefixes = ("teacher.",)
 
@@ -168,6 +272,7 @@ class SSLModel(nn.Module):
                 {part: copy.deepcopy(getattr(self, part)) for part in self.teacher_parts}
             )
             self.teacher.requires_grad_(False)
+        self._install_grad_scale()  # after the teacher copy: the teacher's heads stay plain
 
     @property
     def method(self) -> str:
@@ -191,6 +296,71 @@ class SSLModel(nn.Module):
             num_global=int(hp.get("num_global_views", 2)),
             num_local=int(hp.get("num_local_views", 0) or 0),
         )
+
+    @classmethod
+    def run_hparams(cls, run: RunSpec) -> dict[str, Any]:
+        """The run's hyper-parameters over the class defaults.
+
+        Example:
+            >>> from hub_cutinit.methods.moco import MoCo
+            >>> MoCo.run_hparams(RunSpec(c=3.0, hparams={"queue_size": 64}))["queue_size"]
+            64
+        """
+        return {**cls.defaults, **run.hparams}
+
+    @classmethod
+    def check_run(cls, run: RunSpec) -> list[str]:
+        """The method's checks on a run: raise ``ValueError`` naming the fix for a run that
+        cannot work; return warnings (messages, not emitted) for one that is questionable.
+
+        Called before the run (``global_batch_size=None``) and again once the global batch is
+        known; a check that needs a field still ``None`` skips. The base has no checks.
+
+        Example:
+            >>> SSLModel.check_run(RunSpec(c=9.0, mixed_precision="fp16"))
+            []
+        """
+        return []
+
+    def grad_scale_module(self) -> nn.Module | None:
+        """The submodule whose output carries GradScale (:attr:`grad_scale_at`), or ``None``."""
+        path = self.grad_scale_at
+        if path is None:
+            return None
+        if path == "":
+            found = [
+                n
+                for n in ("predictor", "projector")
+                if isinstance(getattr(self, n, None), nn.Module)
+            ]
+            if not found:
+                raise ValueError(
+                    f"{type(self).__name__} has neither a `predictor` nor a `projector`: set its "
+                    "class attribute grad_scale_at to the submodule whose output embedding "
+                    "enters the loss (e.g. 'head.mlp'), or to None if GradScale does not apply."
+                )
+            path = found[0]
+        try:
+            return self.get_submodule(path)
+        except AttributeError as err:
+            raise ValueError(
+                f"{type(self).__name__}.grad_scale_at = {path!r} names no submodule; set it to "
+                "the submodule whose output embedding enters the loss."
+            ) from err
+
+    def _install_grad_scale(self) -> None:
+        module = self.grad_scale_module()
+        power = float(self.hparams.get("grad_scale_power", 0.0) or 0.0)
+        if not math.isfinite(power):
+            raise ValueError(f"grad_scale_power must be a finite number, got {power}.")
+        if power == 0.0:
+            return
+        if module is None:
+            raise ValueError(
+                f"{self.name} does not support GradScale (grad_scale_at is None); "
+                "leave grad_scale_power at 0."
+            )
+        module.register_forward_hook(_GradScaleHook(power))
 
     def validate_hparams(self) -> None:
         """Check ``self.hparams`` before the heads are built; raise ``ValueError`` naming the fix."""
@@ -369,18 +539,13 @@ class SSLModel(nn.Module):
         return views[:n_global], views[n_global:]
 
     def forward(self, views: Sequence[torch.Tensor] | torch.Tensor) -> SSLOutput:
-        """One step: ``views`` is a list of image batches (global views first)."""
+        """One step: ``views`` is a list of image batches (global views first).
+
+        Validates the views and passes them to :meth:`compute`; GradScale is already wired
+        into the student's embedding (see the class docstring).
+        """
         global_views, local_views = self._split_views(views)
         return self.compute(global_views, local_views)
-
-    def _grad_scale(self, z: torch.Tensor) -> torch.Tensor:
-        """Apply GradScale (extended paper) with ``hparams["grad_scale_power"]`` if non-zero."""
-        power = float(self.hparams.get("grad_scale_power", 0.0) or 0.0)
-        if power == 0.0:
-            return z
-        from hub_cutinit.theory import grad_scale
-
-        return grad_scale(z, power)
 
     def encode(self, module: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """Run ``module`` on same-shape views in one batch and split the output per view."""

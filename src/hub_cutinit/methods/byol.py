@@ -66,7 +66,7 @@ class _PredictiveMethod(SSLModel):
         feats = self.backbone(views)
         z = self.projector(feats)
         p = self.predictor(z)
-        p0, p1 = self._grad_scale(p).chunk(2)
+        p0, p1 = p.chunk(2)  # GradScale sits on the predictor's output
         t0, t1 = self.targets(views, z).chunk(2)
         loss = symmetric_negative_cosine(p0, p1, t0, t1)
         return SSLOutput(loss, {"backbone": feats, "projection": z, "prediction": p})

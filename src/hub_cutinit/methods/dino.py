@@ -30,7 +30,7 @@ import torch
 
 from hub_cutinit.heads import DINOHead
 from hub_cutinit.losses import DINOLoss
-from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput, ViewSpec
+from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput, ViewSpec
 from hub_cutinit.registry import register_method
 
 
@@ -71,6 +71,32 @@ class DINO(SSLModel):
     }
     head_names = ("head",)
     teacher_parts = ("backbone", "head")
+    grad_scale_at = "head.mlp"  # the raw bottleneck, before the l2 normalisation
+
+    #: fp16 is refused from this c on: the bottleneck norm (~1e-4 at c = 9) underflows.
+    FP16_MAX_C = 9.0
+
+    @classmethod
+    def check_run(cls, run: RunSpec) -> list[str]:
+        """Refuse fp16 at ``c >= 9``: the l2-normalised bottleneck has a norm near 1e-4 there,
+        whose squares underflow fp16 (smallest normal 6e-5).
+
+        Example:
+            >>> DINO.check_run(RunSpec(c=9.0, mixed_precision="fp16"))
+            Traceback (most recent call last):
+            ...
+            ValueError: --mixed-precision fp16 with DINO at c=9: the head's bottleneck norm (~1e-4) underflows in fp16. Use --mixed-precision bf16 (the CUDA default) or a smaller --c.
+            >>> DINO.check_run(RunSpec(c=3.0, mixed_precision="fp16"))
+            []
+        """
+        messages = super().check_run(run)
+        if run.mixed_precision == "fp16" and run.c >= cls.FP16_MAX_C:
+            raise ValueError(
+                f"--mixed-precision fp16 with DINO at c={run.c:g}: the head's bottleneck norm "
+                "(~1e-4) underflows in fp16. Use --mixed-precision bf16 (the CUDA default) or a "
+                "smaller --c."
+            )
+        return messages
 
     def build_heads(self, num_features: int) -> None:
         hp = self.hparams
@@ -104,7 +130,7 @@ class DINO(SSLModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feats = self.backbone(torch.cat(views))
         z = self.head.bottleneck(feats)
-        logits = self.head.last_layer(torch.nn.functional.normalize(self._grad_scale(z), dim=-1))
+        logits = self.head.last_layer(torch.nn.functional.normalize(z, dim=-1))
         return feats, z, logits
 
     def compute(

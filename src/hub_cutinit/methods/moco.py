@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from hub_cutinit.distributed import gather_no_grad
 from hub_cutinit.heads import MLPHead
 from hub_cutinit.losses import moco_infonce
-from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
+from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput
 from hub_cutinit.registry import register_method
 
 
@@ -72,11 +72,38 @@ class MoCo(SSLModel):
     #: The queue should hold at least this many optimiser steps of keys.
     MIN_QUEUE_STEPS = 4
 
+    @classmethod
+    def check_run(cls, run: RunSpec) -> list[str]:
+        """Warn when the queue holds fewer than :attr:`MIN_QUEUE_STEPS` steps of keys: each
+        step enqueues both views' keys from every process, ``2 × global_batch``, so at 8 × 256
+        the default 4,096-key queue holds only the previous step's keys. Skips while the global
+        batch is not known.
+
+        Example:
+            >>> run = RunSpec(c=3.0, global_batch_size=64, hparams={"queue_size": 64})
+            >>> "queue_size=512" in MoCo.check_run(run)[0]
+            True
+            >>> MoCo.check_run(RunSpec(c=3.0, global_batch_size=512))  # 4096 = 4 × 2 × 512
+            []
+        """
+        messages = super().check_run(run)
+        batch = run.global_batch_size
+        if batch is None:
+            return messages
+        size, per_step = int(cls.run_hparams(run)["queue_size"]), 2 * batch
+        if size < cls.MIN_QUEUE_STEPS * per_step:
+            wanted = 1 << math.ceil(math.log2(cls.MIN_QUEUE_STEPS * per_step))
+            messages.append(
+                f"MoCo's queue ({size:,} keys) holds {size / per_step:.2g} step(s) of keys at a "
+                f"global batch of {batch:,} (2 × {batch:,} keys enqueued per step); fewer than "
+                f"{cls.MIN_QUEUE_STEPS} steps makes the negatives few and correlated. Raise it, "
+                f"e.g. --set queue_size={wanted}."
+            )
+        return messages
+
     def check_global_batch(self, global_batch: int) -> str | None:
-        """Warn (and return the warning) when the queue holds fewer than
-        :attr:`MIN_QUEUE_STEPS` steps of keys: each step enqueues both views' keys from every
-        process, ``2 × global_batch``, so at 8 × 256 the default 4,096-key queue holds only the
-        previous step's keys.
+        """Deprecated alias of :meth:`check_run`: warn (``UserWarning``) and return the queue
+        warning for ``global_batch``, or ``None``.
 
         Example:
             >>> import warnings
@@ -88,18 +115,12 @@ class MoCo(SSLModel):
             ...     "queue_size=512" in model.check_global_batch(64)
             True
         """
-        size, per_step = int(self.queue.shape[0]), 2 * int(global_batch)
-        if size >= self.MIN_QUEUE_STEPS * per_step:
-            return None
-        wanted = 1 << math.ceil(math.log2(self.MIN_QUEUE_STEPS * per_step))
-        message = (
-            f"MoCo's queue ({size:,} keys) holds {size / per_step:.2g} step(s) of keys at a global "
-            f"batch of {global_batch:,} (2 × {global_batch:,} keys enqueued per step); fewer "
-            f"than {self.MIN_QUEUE_STEPS} steps makes the negatives few and correlated. Raise "
-            f"it, e.g. --set queue_size={wanted}."
-        )
-        warnings.warn(message, UserWarning, stacklevel=2)
-        return message
+        hparams = {**self.hparams, "queue_size": int(self.queue.shape[0])}
+        run = RunSpec(c=self.cut_factor, global_batch_size=int(global_batch), hparams=hparams)
+        messages = self.check_run(run)
+        for message in messages:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return messages[0] if messages else None
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
@@ -115,7 +136,7 @@ class MoCo(SSLModel):
     ) -> SSLOutput:
         feats = self.backbone(torch.cat(global_views))
         z = self.projector(feats)
-        q0, q1 = self._grad_scale(z).chunk(2)
+        q0, q1 = z.chunk(2)
         assert self.teacher is not None
         with torch.no_grad():
             keys = self.teacher["projector"](self.teacher["backbone"](torch.cat(global_views)))

@@ -56,5 +56,5 @@ class SimCLR(SSLModel):
     ) -> SSLOutput:
         feats = self.backbone(torch.cat(global_views))
         z = self.projector(feats)
-        z0, z1 = self._grad_scale(z).chunk(2)
+        z0, z1 = z.chunk(2)
         return SSLOutput(self.criterion(z0, z1), {"backbone": feats, "projection": z})
