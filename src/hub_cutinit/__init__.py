@@ -14,6 +14,7 @@ Example:
 
 import hub_cutinit.methods  # noqa: F401  (registers the built-in methods)
 from hub_cutinit._version import __version__
+from hub_cutinit.convergence_monitor import ConvergenceMonitor
 from hub_cutinit.cut import cut_init, cut_targets, get_cut_factor
 from hub_cutinit.factory import create_backbone, create_ssl_model
 from hub_cutinit.methods.base import SSLModel, SSLOutput, ViewSpec
@@ -28,6 +29,7 @@ from hub_cutinit.registry import (
 )
 
 __all__ = [
+    "ConvergenceMonitor",
     "SSLModel",
     "SSLOutput",
     "ViewSpec",

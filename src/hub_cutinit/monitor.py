@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 __all__ = ["StepAngleMonitor", "angle_between", "angle_norm_figure", "fit_loglog_slope"]
+
+#: A probe batch: an image tensor ``(N, ...)`` or a dict of model inputs (``input_ids``, ...).
+Probe = torch.Tensor | Mapping[str, Any]
+#: ``embed(model, probe) -> {"name": (N, ...) tensor}`` (or one tensor, named ``"output"``).
+EmbedFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor] | torch.Tensor]
 
 
 def angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -145,51 +150,54 @@ class StepAngleMonitor:
 
     Args:
         probe_images: a fixed ``(N, C, H, W)`` batch (e.g. 64 images; at least 2 for train-mode
-            BatchNorm). It is moved to the model's device and dtype on first use.
+            BatchNorm), or a dict of model inputs with a common batch dimension (e.g.
+            ``{"input_ids": ..., "attention_mask": ...}``; needs ``embed``). It is moved to the
+            model's device on first use; floating-point tensors also to its dtype.
         names: the embeddings to follow (keys of ``model.embed``); ``None`` follows all of them.
         full_precision: run the probe forwards in the model's parameter dtype with autocast
             disabled (default); ``False`` runs them under the caller's autocast.
         seed: the RNG seed of both probe forwards (dropout masks are the same before and after).
+        embed: ``embed(model, probe) -> dict[str, Tensor] | Tensor`` (a tensor is named
+            ``"output"``); ``None`` (default) calls ``model.embed(probe)``.
+            :func:`hub_cutinit.convergence_monitor.default_embed` also handles plain
+            ``nn.Module`` and ``transformers`` models.
 
     Call :meth:`before_step` after the backward and before ``optimizer.step()``, and
-    :meth:`after_step` right after it, only on logged steps. ``model`` must have
-    ``embed(images) -> dict[str, Tensor]`` (an :class:`~hub_cutinit.methods.base.SSLModel`);
+    :meth:`after_step` right after it, only on logged steps. Without ``embed``, ``model`` must
+    have ``embed(images) -> dict[str, Tensor]`` (an :class:`~hub_cutinit.methods.base.SSLModel`);
     pass the unwrapped model (``accelerator.unwrap_model(model)``).
     """
 
     def __init__(
         self,
-        probe_images: torch.Tensor,
+        probe_images: Probe,
         names: Sequence[str] | None = None,
         *,
         full_precision: bool = True,
         seed: int = 0,
+        embed: EmbedFn | None = None,
     ) -> None:
-        if not isinstance(probe_images, torch.Tensor) or probe_images.ndim < 2:
-            raise ValueError(
-                "probe_images must be a batch tensor (N, C, H, W), got "
-                f"{getattr(probe_images, 'shape', type(probe_images).__name__)}; take e.g. the "
-                "first 64 images of the evaluation set once and keep them fixed."
-            )
-        if probe_images.shape[0] < 2:
+        if _probe_rows(probe_images) < 2:
             raise ValueError("probe_images needs at least 2 images (train-mode BatchNorm).")
-        self.probe = probe_images.detach()
+        self.probe: Probe = _detached(probe_images)
         self.names = tuple(names) if names is not None else None
         self.full_precision = bool(full_precision)
         self.seed = int(seed)
+        self.embed_fn = embed
 
-    def _probe_on(self, model: nn.Module) -> torch.Tensor:
+    def _probe_on(self, model: nn.Module) -> Probe:
         param = next((p for p in model.parameters() if p.is_floating_point()), None)
         if param is None:
             return self.probe
-        dtype = param.dtype if self.full_precision else self.probe.dtype
-        if self.probe.device != param.device or self.probe.dtype != dtype:
-            self.probe = self.probe.to(device=param.device, dtype=dtype)
+        dtype = param.dtype if self.full_precision else None
+        self.probe = _moved(self.probe, param.device, dtype)
         return self.probe
 
-    @torch.no_grad()
-    def embed(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The probe's embeddings, leaving weights, buffers and RNG state exactly as they were."""
+    def _forward(self, model: nn.Module) -> Callable[[Probe], Any]:
+        """The probe forward: ``model.embed`` or, when given, ``embed_fn`` bound to ``model``."""
+        if self.embed_fn is not None:
+            fn = self.embed_fn
+            return lambda inputs: fn(model, inputs)
         embed = getattr(model, "embed", None)
         if not callable(embed):
             inner = getattr(model, "module", None)
@@ -199,21 +207,31 @@ class StepAngleMonitor:
                 else " Add a side-effect-free embed(images) -> {'projection': z, ...} method."
             )
             raise TypeError(f"{type(model).__name__} has no embed(images) method.{hint}")
-        images = self._probe_on(model)
+        return embed
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The probe's embeddings, leaving weights, buffers and RNG state exactly as they were."""
+        forward = self._forward(model)
+        inputs = self._probe_on(model)
+        device = _probe_device(inputs)
         saved = [(buf, buf.clone()) for buf in _running_stat_buffers(model)]
         precision = (
-            torch.autocast(images.device.type, enabled=False)
-            if self.full_precision and images.device.type in ("cpu", "cuda", "xpu", "mps")
+            torch.autocast(device.type, enabled=False)
+            if self.full_precision and device.type in ("cpu", "cuda", "xpu", "mps")
             else contextlib.nullcontext()
         )
         try:
-            with _seeded_rng(images.device, self.seed), precision:
-                out = embed(images)
+            with _seeded_rng(device, self.seed), precision:
+                out = forward(inputs)
         finally:
             for buf, value in saved:
                 buf.copy_(value)
+        if isinstance(out, torch.Tensor) and self.embed_fn is not None:
+            out = {"output": out}
         if not isinstance(out, Mapping):
-            raise TypeError(f"model.embed must return a dict of tensors, got {type(out).__name__}.")
+            source = "embed" if self.embed_fn is not None else "model.embed"
+            raise TypeError(f"{source} must return a dict of tensors, got {type(out).__name__}.")
         names = self.names if self.names is not None else tuple(out)
         missing = [n for n in names if n not in out]
         if missing:
@@ -241,6 +259,52 @@ class StepAngleMonitor:
             stats[f"angle/{name}"] = float(angle)
             stats[f"norm/{name}"] = float(norm)
         return stats
+
+
+def _probe_tensors(probe: Probe) -> list[torch.Tensor]:
+    if isinstance(probe, torch.Tensor):
+        return [probe]
+    if isinstance(probe, Mapping):
+        return [v for v in probe.values() if isinstance(v, torch.Tensor)]
+    return []
+
+
+def _probe_rows(probe: Probe) -> int:
+    """The probe's batch size; ``ValueError`` for anything but a batch tensor or a dict of them."""
+    tensors = [t for t in _probe_tensors(probe) if t.ndim >= 1]
+    if (isinstance(probe, torch.Tensor) and probe.ndim < 2) or not tensors:
+        raise ValueError(
+            "probe_images must be a batch tensor (N, C, H, W) or a dict of batched model "
+            f"inputs, got {getattr(probe, 'shape', type(probe).__name__)}; take e.g. the "
+            "first 64 images of the evaluation set once and keep them fixed."
+        )
+    rows = {t.shape[0] for t in tensors}
+    if len(rows) != 1:
+        raise ValueError(f"The probe's tensors disagree on the batch size: {sorted(rows)}.")
+    return rows.pop()
+
+
+def _detached(probe: Probe) -> Probe:
+    if isinstance(probe, torch.Tensor):
+        return probe.detach()
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in probe.items()}
+
+
+def _moved(probe: Probe, device: torch.device, dtype: torch.dtype | None) -> Probe:
+    """``probe`` on ``device``, floating-point tensors in ``dtype`` (``None``: unchanged)."""
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        cast = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        return t if t.device == device and t.dtype == cast else t.to(device=device, dtype=cast)
+
+    if isinstance(probe, torch.Tensor):
+        return move(probe)
+    return {k: move(v) if isinstance(v, torch.Tensor) else v for k, v in probe.items()}
+
+
+def _probe_device(probe: Probe) -> torch.device:
+    tensors = _probe_tensors(probe)
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
