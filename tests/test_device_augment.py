@@ -183,7 +183,7 @@ def test_views_shapes_dtypes_and_identical_for_the_same_stream_position() -> Non
 
 
 def test_trainer_trains_with_augment_on_device(tmp_path: Path) -> None:
-    from hub_cutinit.training.loop import main
+    from hub_cutinit.training import main
 
     out = tmp_path / "run"
     flags = ["--backbone", "test_resnet", "--image-size", "16", "--batch-size", "8"]

@@ -83,17 +83,21 @@ def test_automatic_eval_period_keeps_evaluation_a_small_share() -> None:
     from accelerate import Accelerator
 
     from hub_cutinit.training import TrainConfig, Trainer
-    from hub_cutinit.training.trainer import EVAL_SHARE
+    from hub_cutinit.training.default_callbacks import EVAL_SHARE, EvaluationCallback
 
     trainer = Trainer(TrainConfig(method="simclr", backbone="test_vit"))
     assert trainer.cfg.eval_every_epochs is None  # the default is automatic
     trainer.accelerator = Accelerator(cpu=True)
-    assert [trainer._eval_epoch(e) for e in (1, 2)] == [True, True]  # until one is timed
+    cadence = trainer.callbacks.get(EvaluationCallback)
+    assert [cadence.due_at_epoch(trainer.cfg, e) for e in (1, 2)] == [True, True]  # until timed
     trainer.state.epoch, trainer.state.train_seconds = 2, 10.0  # 5 s per epoch
-    trainer._update_eval_period(2.0)  # a 2 s evaluation: 2 / (4 * 5) = EVAL_SHARE
-    assert trainer.eval_period == 4 and 2.0 / (4 * 5.0) <= EVAL_SHARE
-    assert [e for e in range(3, 12) if trainer._eval_epoch(e)] == [6, 7, 8, 9, 10, 11]
+    # a 2 s evaluation: 2 / (4 * 5) = EVAL_SHARE
+    cadence.on_evaluate(trainer, trainer.state, None, metrics={"seconds": 2.0})
+    assert cadence.period == 4 and 2.0 / (4 * 5.0) <= EVAL_SHARE
+    assert [e for e in range(3, 12) if cadence.due_at_epoch(trainer.cfg, e)] == [6, 7, 8, 9, 10, 11]
+    assert cadence.state_dict() == {"period": 4, "last_epoch": 2}  # kept in checkpoints
     fixed = Trainer(TrainConfig(method="simclr", backbone="test_vit", eval_every_epochs=1))
     fixed.accelerator, fixed.state = trainer.accelerator, trainer.state
-    fixed._update_eval_period(2.0)
-    assert fixed.eval_period == 1 and fixed._eval_epoch(3)  # an explicit N is kept
+    fixed_cadence = fixed.callbacks.get(EvaluationCallback)
+    fixed_cadence.on_evaluate(fixed, fixed.state, None, metrics={"seconds": 2.0})
+    assert fixed_cadence.period == 1 and fixed_cadence.due_at_epoch(fixed.cfg, 3)  # N is kept

@@ -20,8 +20,8 @@ from hub_cutinit import create_ssl_model
 from hub_cutinit.losses import NTXentLoss, moco_infonce
 from hub_cutinit.monitor import StepAngleMonitor
 from hub_cutinit.training import NonFiniteLossError, TrainConfig, Trainer
-from hub_cutinit.training.config import parse_args
-from hub_cutinit.training.speed import (
+from hub_cutinit.training import parse_args
+from hub_cutinit.training.device_defaults import (
     DEFAULT_CHECKPOINT_MINUTES,
     is_conv_backbone,
     resolve_channels_last,

@@ -39,7 +39,7 @@ from hub_cutinit.training.checkpoint import (
     OutputDirLockedError,
     acquire_run_lock,
 )
-from hub_cutinit.training.trainer import _lost_process_message
+from hub_cutinit.training.failures import lost_process_message as _lost_process_message
 
 TINY_HEADS = get_preset("simclr", "tiny")
 

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from hub_cutinit.training import TrainConfig, Trainer, parse_args
-from hub_cutinit.training.loop import main
+from hub_cutinit.training import TrainConfig, Trainer, main, parse_args
 from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
 
 TINY = [
@@ -233,7 +232,18 @@ def test_a_format_1_save_still_loads_and_renders(tmp_path: Path) -> None:
 
 def test_the_card_plots_the_convergence_monitor(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    argv = [*TINY, *BYOL_HEADS, "--max-steps", "3", "--log-every", "1", "--output-dir", str(out)]
+    argv = [
+        *TINY,
+        *BYOL_HEADS,
+        "--max-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--monitor-budget",
+        "1",
+        "--output-dir",
+        str(out),
+    ]
     result = main("byol", argv)
     readings = result["convergence"]
     assert [r["step"] for r in readings] == [1, 2, 3]

@@ -14,7 +14,7 @@ import torch
 
 from hub_cutinit.hub import load_ssl_model
 from hub_cutinit.training import TrainConfig, latest_checkpoint, parse_args
-from hub_cutinit.training.loop import main
+from hub_cutinit.training import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

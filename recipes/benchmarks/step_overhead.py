@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from hub_cutinit.training.default_callbacks import ConvergenceMonitorCallback, NonFiniteGuard
+
 try:
     from . import common
     from . import train_step as ts
@@ -34,14 +36,12 @@ def measure(method: str, *, batch_size: int, repeats: int, inner: int) -> dict[s
     monitored = ts.HubRunner(method, views, accelerator=accelerator)
     torch.manual_seed(0)
     plain = ts.HubRunner(method, views, accelerator=accelerator)
-    plain.trainer.cfg.convergence_monitor = False
-    plain.trainer.monitor = None
+    plain.trainer.remove_callback(ConvergenceMonitorCallback)
     torch.manual_seed(0)
     bare = ts.HubRunner(method, views, accelerator=accelerator)
-    bare.trainer.cfg.convergence_monitor = False
-    bare.trainer.monitor = None
+    bare.trainer.remove_callback(ConvergenceMonitorCallback)
     # the gradient finiteness check priced: only the loss is checked (no pass over the grads)
-    bare.trainer._guard_update = lambda loss: (~torch.isfinite(loss)).float().reshape(1)
+    bare.trainer.remove_callback(NonFiniteGuard)
     hand = ts.HandRunner(monitored)
     samples = common.interleaved(
         {

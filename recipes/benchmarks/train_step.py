@@ -149,8 +149,8 @@ class HubRunner:
             trainer.raw_model.to(memory_format=torch.channels_last)
         trainer.setup_optimizer(total_steps=total_steps)
         if not track_norms:  # the step minus the norm statistics, to price them
-            trainer._names = []
-            trainer._norm_statistics = lambda embeddings, loss: loss.reshape(1)
+            add = trainer.add_step_statistics
+            trainer.add_step_statistics = lambda embeddings, *rest: add({}, *rest)  # type: ignore[method-assign]
         self.accelerator = trainer.accelerator
         self.model, self.optimizer = trainer.model, trainer.optimizer
         self.scheduler, self.raw = trainer.scheduler, trainer.raw_model
@@ -172,7 +172,10 @@ class HubRunner:
 
     def norm_statistics(self, embeddings: dict[str, torch.Tensor], loss_mean: torch.Tensor) -> Any:
         """The trainer's per-step norm work: tracker update + mean norms reduced over processes."""
-        return self.trainer._norm_statistics(embeddings, loss_mean)
+        flag = torch.zeros(1, device=loss_mean.device)
+        self.trainer.add_step_statistics(embeddings, loss_mean, flag, self.steps + 1)
+        assert self.trainer.stats is not None
+        return self.trainer.stats.sums
 
     def step(self) -> None:
         """One :meth:`Trainer.training_step` (data loading, tqdm and evaluation excluded)."""

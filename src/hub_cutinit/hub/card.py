@@ -392,7 +392,21 @@ def _template_vars(config: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         "versions": {k: versions.get(k, "?") for k in ("hub_cutinit", "torch", "timm")},
         "format_version": block.get("format_version", FORMAT_VERSION),
         "hparams_json": hparams_json,
+        "setting_rows": _setting_rows(training),
     }
+
+
+def _setting_rows(training: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """``(group, flag, value)`` for every recorded setting, grouped as they are declared
+    (``training.setting_groups``, written by the trainer from its one declaration)."""
+    rows = []
+    for group, names in (training.get("setting_groups") or {}).items():
+        for name in names:
+            if name in training:
+                value = training[name]
+                text = format_number(value) if isinstance(value, float) else json.dumps(value)
+                rows.append((group, f"--{name.replace('_', '-')}", text))
+    return rows
 
 
 def plot_convergence(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub_cutinit.training.config import TrainConfig
+from hub_cutinit.training.arguments import TrainConfig
 
 __all__ = ["print_summary", "format_baselines", "format_corrupt", "format_norms"]
 

@@ -1,10 +1,11 @@
-"""The Trainer: one SSL run under Accelerate, in small steps a reader can follow.
+"""The Trainer: one SSL run under Accelerate: set-up, the epoch loop, one training step.
 
-``Trainer(cfg).train()`` runs :meth:`~Trainer.setup` (accelerator, model, data, optimiser, the
-resolved :class:`~hub_cutinit.training.record.RunRecord`), :meth:`~Trainer.resume`, the
-baselines, then epochs of :meth:`~Trainer.training_step` with the convergence monitor, the kNN
-monitor and checkpoints, and :meth:`~Trainer.finish` (final evaluation, save in timm's format,
-optional push). Every process reads its own shard of the stream (``split_dataset_by_node`` in
+Everything else a run does is a callback (:mod:`hub_cutinit.training.default_callbacks`): the
+non-finite guard, the convergence monitor, the kNN cadence, the checkpoint cadence, the
+progress bar, the trackers and the Hub push. ``Trainer(cfg, callbacks=[...]).train()`` adds
+yours (:class:`~hub_cutinit.training.callbacks.TrainerCallback`).
+
+Every process reads its own shard of the stream (``split_dataset_by_node`` in
 :mod:`hub_cutinit.data`); the data loader is therefore *not* passed to ``accelerator.prepare``
 (that would shard a second time).
 
@@ -17,29 +18,26 @@ Example (a few steps on the built-in dataset)::
 
 from __future__ import annotations
 
-import ctypes
 import json
-import math
 import os
 import shutil
-import sys
 import time
+import warnings as _warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
-from tqdm.auto import tqdm
+from accelerate.utils import gather_object, set_seed
 
 from hub_cutinit import data as data_lib
-from hub_cutinit.distributed import is_distributed
-from hub_cutinit.evaluation import extract_features, gather_rows, knn_accuracy, linear_probe
+from hub_cutinit.data.stream import MAX_CORRUPT_EXAMPLES
 from hub_cutinit.factory import create_ssl_model
-from hub_cutinit.monitor import StepAngleMonitor
 from hub_cutinit.norms import NormHistory, NormTracker
+from hub_cutinit.training.arguments import TrainConfig
+from hub_cutinit.training.callbacks import CallbackHandler, TrainerCallback, import_callback
 from hub_cutinit.training.checkpoint import (
     OutputDirLockedError,
     RunLock,
@@ -50,118 +48,27 @@ from hub_cutinit.training.checkpoint import (
     save_checkpoint,
     saved_loader_epoch,
 )
-from hub_cutinit.training.config import TrainConfig
-from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer, resolve_schedule
-from hub_cutinit.training.record import RunRecord, TrainerState
-from hub_cutinit.training.speed import (
-    StepStatistics,
-    enable_cuda_speedups,
+from hub_cutinit.training.default_callbacks import ProgressCallback, default_callbacks
+from hub_cutinit.training.device_defaults import (
+    build_accelerator,
     resolve_channels_last,
-    resolve_checkpointing,
-    resolve_mixed_precision,
+    tune_cpu_allocator,
 )
-
-__all__ = [
-    "Trainer",
-    "StepResult",
-    "NonFiniteLossError",
-    "LostProcessError",
-    "tune_cpu_allocator",
-    "PROBE_SIZE",
-]
-
-#: Images in the fixed probe batch of the convergence monitor.
-PROBE_SIZE = 64
-#: The automatic ``--eval-every-epochs`` keeps evaluation under about this share of the time.
-EVAL_SHARE = 0.1
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss (or a gradient) became NaN or infinite; the run stopped, nothing trained after
-    that step was saved, and the step's update was zeroed (see :meth:`Trainer.training_step`)."""
-
-
-class LostProcessError(RuntimeError):
-    """Another process of a multi-process run died or stopped answering; this one stopped too.
-
-    The message names the lost rank (when it can be known) and says how to resume.
-    """
-
-
-#: Lower-case fragments of the errors gloo / NCCL / the store raise when a peer is gone.
-_LOST_PEER_SIGNS = (
-    "connection closed by peer",
-    "connection reset by peer",
-    "broken pipe",
-    "timed out",
-    "timeout",
-    "connection refused",
-    "socket",
-    "gloo",
-    "nccl",
+from hub_cutinit.training.failures import (
+    LostProcessError,
+    NonFiniteLossError,
+    all_true,
+    lost_process_error,
+    nonfinite_message,
 )
+from hub_cutinit.training.knn_monitor import KnnMonitor
+from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer
+from hub_cutinit.training.report import format_baselines
+from hub_cutinit.training.resolve import resolve_record, run_summary
+from hub_cutinit.training.state import RunRecord, TrainerState
+from hub_cutinit.training.statistics import StepStatistics
 
-
-def _lost_process_message(
-    err: BaseException, rank: int, world: int, step: int, last_ckpt: Any, timeout: float
-) -> str:
-    others = [r for r in range(world) if r != rank]
-    lost = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {others}"
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-    kept = (
-        f"the last complete checkpoint is {last_ckpt}"
-        if last_ckpt
-        else "no checkpoint was written yet (the run restarts from step 0)"
-    )
-    return (
-        f"Lost process {lost} of {world} during step {step + 1}: it died (killed, out of "
-        f"memory, node lost) or did not answer within --collective-timeout {timeout:g} s. "
-        f"This process (rank {rank}) stops too; {kept}. To continue, start the same command "
-        f"again with --resume on all {world} processes. [{type(err).__name__}: {first}]"
-    )
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed memory in glibc's heap instead of handing it back to the OS after each step.
-
-    With glibc's defaults the ~90 MB of gradients that ``zero_grad(set_to_none=True)`` frees at
-    the end of a BYOL resnet18 step (and other large temporaries) are trimmed from the heap or
-    unmapped, then page-faulted in again by the next backward: ~22k minor faults per step, 5-8 %
-    of the step time on CPU. Process-wide; returns False (and does nothing) outside Linux/glibc
-    or when the user set a ``MALLOC_*`` variable. The price: the resident size no longer shrinks
-    after a peak, which a training process does not need.
-    """
-    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
-        return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl)
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
-def _all_true(flag: bool, device: torch.device) -> bool:
-    """True only if ``flag`` is true on every process (a barrier-free agreement)."""
-    if not is_distributed():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item() > 0)
-
-
-def _nonfinite_message(step: int, loss: float, lr: float, c: float, last_ckpt: Any) -> str:
-    hint = (
-        f"Likely causes: the learning rate is too high (lr={lr:.3g}; try a smaller --lr or a "
-        f"longer warm-up), or c={c:g} is too large or too small for this model (try --c 3 or "
-        "--c 1), or --mixed-precision fp16 overflowed."
-    )
-    kept = (
-        f" The last good checkpoint is kept: {last_ckpt}."
-        if last_ckpt
-        else " No checkpoint was written yet."
-    )
-    return f"Non-finite loss ({loss}) at step {step}. {hint}{kept}"
+__all__ = ["LostProcessError", "NonFiniteLossError", "StepResult", "Trainer", "tune_cpu_allocator"]
 
 
 @dataclass
@@ -180,38 +87,64 @@ class StepResult:
 class Trainer:
     """One SSL training run; ``train(cfg)`` is ``Trainer(cfg).train()``.
 
-    Pass ``accelerator`` to reuse one (benchmarks); otherwise :meth:`setup_accelerator` builds
-    it from ``cfg``. Attributes after :meth:`setup`: ``model`` (prepared), ``raw_model``,
-    ``optimizer``, ``scheduler``, ``record`` (the resolved hyper-parameters), ``state``
-    (:class:`TrainerState`), ``history`` (per-epoch norm records).
+    Pass ``accelerator`` to reuse one (benchmarks); ``callbacks`` are added to the defaults.
+    After :meth:`setup`: ``model`` (prepared), ``raw_model``, ``optimizer``, ``scheduler``,
+    ``record`` (the resolved settings), ``state`` (all the moving state), ``history``.
     """
 
-    def __init__(self, cfg: TrainConfig, *, accelerator: Accelerator | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        accelerator: Accelerator | None = None,
+        callbacks: Iterable[TrainerCallback] = (),
+    ) -> None:
         self.cfg = cfg
-        self.accelerator = accelerator  # None: setup_accelerator() builds one from cfg
+        self.accelerator: Accelerator = accelerator  # type: ignore[assignment]  # set in setup
+        named = [import_callback(spec) for spec in cfg.callbacks]  # --callback MODULE:CLASS
+        self.callbacks = CallbackHandler([*default_callbacks(cfg), *named, *callbacks])
         self.state = TrainerState()
         self.history = NormHistory()
         self.epoch_norms = NormTracker()
-        self.monitor: StepAngleMonitor | None = None
-        self.eval_sets: tuple[Any, Any] | None = None  # this process's share of each set
-        self.eval_seconds = 0.0  # wall time spent in evaluations (baselines included)
-        #: epochs between epoch-end evaluations when --eval-every-epochs is automatic
-        self.eval_period = 1
-        self._last_eval_epoch = 0
+        self.record: RunRecord = RunRecord()
+        self.model: Any = None
+        self.raw_model: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
         self.stream: Any = None
         self.loader: Any = None
-        self.loader_state: dict[str, Any] | None = None
-        self.last_ckpt: Path | None = None
-        self._names: list[str] | None = None
-        self._micro_step = 0
-        self._window = (time.perf_counter(), 0)
-        self.last_log: dict[str, float] = {}
-        self.stats: StepStatistics | None = None  # built on the first step
-        self._checkpoint_clock = time.perf_counter()
-        self._checkpoint_due = False
-        self.lock: RunLock | None = None
-        #: ``--augment-on device``: turns the loader's [base images, parameters] into views
+        self.eval_plan: Any = None
+        self.knn: KnnMonitor | None = None  # None: no labelled evaluation data
         self.device_augment: data_lib.DeviceAugment | None = None
+        self.num_examples: int | None = cfg.num_examples
+        self.num_workers = cfg.num_workers or 0
+        self.channels_last = False
+        self.tf32 = False
+        self.views: list[torch.Tensor] = []  # the current step's views, on the device
+        self.last_log: dict[str, float] = {}
+        self.corrupt_examples: list[str] = []  # the first few skipped images, all processes
+        self.last_ckpt: Path | None = None
+        self.lock: RunLock | None = None
+        self.stats: StepStatistics | None = None  # built on the first step
+        self._loader_state: dict[str, Any] | None = None
+        self._log_values: dict[str, float] = {}
+        self._micro_step = 0
+        self._saved_step = -1
+        self._window = (time.perf_counter(), 0)
+        self.started = time.perf_counter()
+
+    def add_callback(self, callback: TrainerCallback) -> None:
+        """Add a callback (as ``callbacks=`` does), as in the HF Trainer."""
+        self.callbacks.add(callback)
+
+    def remove_callback(self, kind: type) -> list[TrainerCallback]:
+        """Remove the callbacks of type ``kind`` (e.g. a built-in one); returns them."""
+        return self.callbacks.remove(kind)
+
+    @property
+    def eval_sets(self) -> tuple[Any, ...] | None:
+        """This process's share of the (bank, test) evaluation loaders, or ``None``."""
+        return self.knn.loaders if self.knn is not None else None
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, *, lock: bool = False) -> None:
@@ -222,7 +155,7 @@ class Trainer:
             self.lock_output_dir()
         self.setup_model()
         self.setup_data()
-        steps_per_epoch = self._steps_per_epoch()
+        steps_per_epoch = self.steps_per_epoch()
         total = self.cfg.max_steps or steps_per_epoch * self.cfg.epochs  # max_steps wins
         self.setup_optimizer(total_steps=total, steps_per_epoch=steps_per_epoch)
         if self.cfg.log_with:
@@ -231,52 +164,18 @@ class Trainer:
 
     def setup_accelerator(self) -> None:
         """The Accelerator (gloo on CPU under a multi-process launch), seed, allocator."""
-        cfg = self.cfg
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        self.accelerator = self.accelerator or Accelerator(
-            # without CUDA, run on CPU: under `accelerate launch --multi_gpu` or torchrun this
-            # gives a gloo process group (MULTI_CPU) instead of a silent single process
-            cpu=device_type == "cpu",
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device_type),
-            gradient_accumulation_steps=cfg.grad_accum_steps,
-            log_with=cfg.log_with,
-            project_dir=cfg.output_dir,
-            kwargs_handlers=[
-                # a dead peer otherwise hangs the others in a collective for torch's 30 min
-                InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.collective_timeout)),
-                # No per-step broadcast of rank 0's buffers: no training forward reads them.
-                # The MoCo queue (+ pointer) and the DINO centre are filled from all-gathered /
-                # all-reduced tensors, so they are identical on every rank. BatchNorm (student
-                # and teacher: the teacher has no gradients, its weights follow the student's
-                # by EMA, its BN runs in training mode too) normalises with batch statistics
-                # while training (SyncBN: global ones on multi-GPU, so even the running
-                # statistics agree); the running statistics are read only in evaluation, from
-                # rank 0's model, which is what saves and checkpoints hold, and a broadcast
-                # from rank 0 never changes rank 0's own buffers. (A feature extraction split
-                # over ranks should broadcast rank 0's buffers once before it, as on gloo
-                # without SyncBN other ranks' running statistics differ a little.)
-                DistributedDataParallelKwargs(broadcast_buffers=False),
-            ],
-        )
-        self.tf32 = False
-        if self.accelerator.device.type == "cuda":
-            self.tf32 = enable_cuda_speedups()
-        if self.accelerator.device.type == "cpu":
-            tune_cpu_allocator()
-            if self.accelerator.mixed_precision == "fp16":
-                raise ValueError("fp16 autocast does nothing on CPU; use --mixed-precision bf16.")
-        set_seed(cfg.seed)
+        self.accelerator, self.tf32 = build_accelerator(self.cfg, self.accelerator)
+        set_seed(self.cfg.seed)
         self.started = time.perf_counter()
 
     def setup_model(self) -> None:
         """The cut-initialised SSL model (SyncBN on multi-GPU runs)."""
-        cfg = self.cfg
+        cfg, device_type = self.cfg, self.accelerator.device.type
         model = create_ssl_model(cfg.method, cfg.backbone, c=cfg.c, **cfg.model_overrides())
-        if self.accelerator.num_processes > 1 and self.accelerator.device.type == "cuda":
+        if self.accelerator.num_processes > 1 and device_type == "cuda":
             from timm.layers import convert_sync_batchnorm
 
             model = convert_sync_batchnorm(model)
-        device_type = self.accelerator.device.type
         self.channels_last = resolve_channels_last(cfg.channels_last, device_type, model.backbone)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -309,12 +208,12 @@ class Trainer:
             max_samples=cfg.eval_max_samples,
             batch_size=max(64, cfg.batch_size),
         )
-        self.eval_sets = plan.loaders
-        if self.eval_sets is not None:  # feature extraction split across the processes
-            self.eval_sets = tuple(  # type: ignore[assignment]
+        if plan.loaders is not None:  # feature extraction split across the processes
+            shares = [
                 data_lib.shard_eval_loader(loader, acc.process_index, acc.num_processes)
-                for loader in self.eval_sets
-            )
+                for loader in plan.loaders
+            ]
+            self.knn = KnnMonitor(acc, shares, k=cfg.knn_k, temperature=cfg.knn_temperature)
         if plan.notice:
             acc.print(plan.notice)
         self.num_workers = self._resolve_num_workers()
@@ -359,30 +258,10 @@ class Trainer:
             else:
                 if notice:
                     acc.print(notice)
-        if not _all_true(error is None, acc.device):
+        if not all_true(error is None, acc.device):
             raise error or OutputDirLockedError(
                 f"{self.cfg.output_dir} is in use by another run (see the main process's error)."
             )
-
-    def _lost_process(self, err: BaseException) -> LostProcessError | None:
-        """The error to raise when ``err`` says another process is gone, else ``None``."""
-        dist = torch.distributed
-        if isinstance(err, (NonFiniteLossError, LostProcessError)) or not (
-            dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        ):
-            return None
-        text = f"{err} {err.__cause__ or ''}".lower()
-        if not isinstance(err, dist.DistError) and not any(s in text for s in _LOST_PEER_SIGNS):
-            return None
-        message = _lost_process_message(
-            err,
-            dist.get_rank(),
-            dist.get_world_size(),
-            self.state.step,
-            latest_checkpoint(self.cfg.output_dir),
-            self.cfg.collective_timeout,
-        )
-        return LostProcessError(message)
 
     def _resolve_num_workers(self) -> int:
         """``--num-workers``; by default the checkpoint's on ``--resume`` with the same number
@@ -401,7 +280,8 @@ class Trainer:
             processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)),
         )  # the train stream is then sharded for these workers (data.shard_for_workers)
 
-    def _steps_per_epoch(self) -> int | None:
+    def steps_per_epoch(self) -> int | None:
+        """Optimiser steps in one pass over this process's shard (``None``: unknown length)."""
         cfg, n = self.cfg, self.num_examples
         if n is None:
             if cfg.max_steps is None:
@@ -421,12 +301,12 @@ class Trainer:
         return steps
 
     def setup_optimizer(self, *, total_steps: int, steps_per_epoch: int | None = None) -> None:
-        """Resolve the run record, build the optimiser and schedule, prepare the model."""
-        self.record = self.resolve_record(total_steps, steps_per_epoch)
-        rec = self.record
-        check_batch = getattr(self.raw_model, "check_global_batch", None)
-        if check_batch is not None and self.accelerator.is_main_process:
-            check_batch(rec.global_batch_size)  # MoCo: warns when its queue is too short
+        """Resolve the run record, run the method's checks, build the optimiser and schedule,
+        prepare the model."""
+        self.record = rec = resolve_record(self, total_steps, steps_per_epoch)
+        warnings = self.cfg.check_method(rec.global_batch_size, self.accelerator.device.type)
+        for message in warnings if self.accelerator.is_main_process else []:
+            _warnings.warn(message, UserWarning, stacklevel=2)
         normalized: list[str] = []
         if rec.normalized_lr_scale != 1:
             size = self.cfg.image_size
@@ -448,88 +328,10 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.raw_model, self.optimizer)
         self.raw_model = self.accelerator.unwrap_model(self.model)
 
-    def resolve_record(self, total_steps: int, steps_per_epoch: int | None) -> RunRecord:
-        """Every hyper-parameter of this run, resolved once (flags over method defaults)."""
-        cfg, acc, model = self.cfg, self.accelerator, self.raw_model
-        hp = model.hparams
-        global_batch = cfg.batch_size * acc.num_processes * cfg.grad_accum_steps
-        lr = cfg.lr if cfg.lr is not None else float(hp["base_lr"]) * global_batch / 256
-        optimizer = cfg.optimizer or hp["optimizer"]
-        uses_momentum = optimizer in ("sgd", "lars")
-        nesterov = cfg.nesterov if cfg.nesterov is not None else hp.get("nesterov")
-        warmup, cosine = resolve_schedule(
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            warmup_epochs=cfg.warmup_epochs,
-            cosine_epochs=cfg.cosine_epochs,
-        )
-        has_teacher = getattr(model, "teacher", None) is not None
-        return RunRecord(
-            method=cfg.method,
-            family=model.family,
-            backbone=cfg.backbone,
-            backbone_kwargs=dict(hp.get("backbone_kwargs") or {}),
-            c=model.cut_factor,
-            optimizer=optimizer,
-            nesterov=bool(nesterov) if uses_momentum and nesterov is not None else None,
-            lr=lr,
-            base_lr=lr * 256 / global_batch,
-            weight_decay=cfg.weight_decay
-            if cfg.weight_decay is not None
-            else float(hp["weight_decay"]),
-            sgd_momentum=float(hp["sgd_momentum"]) if uses_momentum else None,
-            warmup_steps=warmup,
-            cosine_steps=cosine,
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-            warmup_epochs=warmup / steps_per_epoch if steps_per_epoch else None,
-            cosine_epochs=cosine / steps_per_epoch if steps_per_epoch else None,
-            normalized_lr_scale=cfg.normalized_lr_scale,
-            ema_momentum=float(hp["momentum"]) if has_teacher else None,
-            ema_schedule=str(hp.get("momentum_schedule", "cosine")) if has_teacher else None,
-            batch_size=cfg.batch_size,
-            grad_accum_steps=cfg.grad_accum_steps,
-            num_processes=acc.num_processes,
-            global_batch_size=global_batch,
-            mixed_precision=str(acc.mixed_precision),
-            image_size=cfg.image_size,
-            dataset=cfg.dataset,
-            train_split=cfg.train_split,
-            eval_split=cfg.eval_split,
-            num_examples=self.num_examples if self.stream is not None else cfg.num_examples,
-            knn_k=cfg.knn_k,
-            knn_temperature=cfg.knn_temperature,
-            eval_every=cfg.eval_every,
-            eval_every_epochs=cfg.eval_every_epochs,
-            log_every=cfg.log_every,
-            seed=cfg.seed,
-            grad_scale_power=float(hp.get("grad_scale_power") or 0.0),
-            **self._data_record(),
-        )
-
-    def _data_record(self) -> dict[str, Any]:
-        """The run record's speed, checkpoint, evaluation-source and data-loading fields."""
-        plan = getattr(self, "eval_plan", None)
-        eval_dataset = self.cfg.eval_dataset
-        every, minutes = resolve_checkpointing(
-            self.cfg.checkpoint_every, self.cfg.checkpoint_minutes, self.accelerator.device.type
-        )
-        return {
-            "channels_last": bool(getattr(self, "channels_last", False)),
-            "tf32": bool(getattr(self, "tf32", False)),
-            "checkpoint_every": every,
-            "checkpoint_minutes": minutes,
-            "eval_dataset": data_lib.dataset_label(eval_dataset) if eval_dataset else None,
-            "eval_source": plan.source if plan is not None else "",
-            "eval_held_out_images": plan.held_out_examples if plan is not None else None,
-            "num_workers": getattr(self, "num_workers", self.cfg.num_workers or 0),
-            "augment_on": self.cfg.augment_on,
-            "compile": self.cfg.compile,
-        }
-
     # -- resume ---------------------------------------------------------------------------------
     def resume(self) -> None:
-        """Restore the newest complete checkpoint when ``--resume`` is given."""
+        """Restore the newest complete checkpoint when ``--resume`` is given: weights, optimiser,
+        schedule, data position, the state and every callback's state."""
         cfg, acc = self.cfg, self.accelerator
         if not cfg.resume:
             return
@@ -537,10 +339,11 @@ class Trainer:
         if self.last_ckpt is None:
             acc.print(f"--resume: no complete checkpoint in {cfg.output_dir}; starting at step 0.")
             return
-        saved, self.loader_state = load_checkpoint(
-            acc, self.last_ckpt, num_workers=getattr(self, "num_workers", None)
+        saved, self._loader_state = load_checkpoint(
+            acc, self.last_ckpt, num_workers=self.num_workers
         )
         self.state = TrainerState.from_dict(saved)
+        self.callbacks.load_state_dict(self.state.callbacks)
         self.history.load_state_dict(saved["history"])
         self.scheduler.step_update(self.state.step)  # this run's schedule (e.g. a new --lr)
         if acc.is_main_process:  # the saved statistics are already global
@@ -548,7 +351,7 @@ class Trainer:
         acc.print(
             f"Resumed from {self.last_ckpt} (step {self.state.step}, epoch {self.state.epoch})."
         )
-        if self.loader_state is None:
+        if self._loader_state is None:
             acc.print(self._new_layout_message(saved))
 
     def _new_layout_message(self, saved: dict[str, Any]) -> str:
@@ -558,15 +361,16 @@ class Trainer:
         epoch end the next epoch starts from its beginning (an exact continuation); mid-epoch,
         the current epoch's stream restarts and its images trained on so far are seen again.
         """
-        state, acc = self.state, self.accelerator
-        processes, workers = checkpoint_layout(self.last_ckpt, saved)
+        state, acc, last = self.state, self.accelerator, self.last_ckpt
+        assert last is not None
+        processes, workers = checkpoint_layout(last, saved)
         was = f"{processes} process(es)" + (f" × {workers} data worker(s)" if workers else "")
         now = f"{acc.num_processes} process(es)" + (
             f" × {self.num_workers} data worker(s)" if self.num_workers else ""
         )
-        head = f"--resume: {self.last_ckpt.name} was written by {was}, this run has {now}: "
+        head = f"--resume: {last.name} was written by {was}, this run has {now}: "
         tail = " Model, optimiser, step and schedule continue."
-        if saved_loader_epoch(self.last_ckpt) != state.epoch:
+        if saved_loader_epoch(last) != state.epoch:
             return head + f"epoch {state.epoch} starts from its beginning (exact)." + tail
         again = state.images_seen - state.epoch_start_images
         return (
@@ -579,36 +383,30 @@ class Trainer:
         """Forward, backward, optimiser and schedule on one (micro-)batch, plus norm statistics.
 
         **No host sync on steps that do not log**: the loss, the mean norms and a non-finite
-        flag stay on the device (:class:`~hub_cutinit.training.speed.StepStatistics`); a logged
-        step (``step == 1`` or a multiple of ``--log-every``) reads them with one fused
-        all-reduce and one host copy, and runs the convergence monitor.
+        flag stay on the device (:class:`~hub_cutinit.training.statistics.StepStatistics`); a
+        logged step (``step == 1`` or a multiple of ``--log-every``) reads them, with whatever
+        the callbacks added (:meth:`log_values`), in one fused all-reduce and one host copy.
 
-        **Non-finite policy** (no per-step sync): a step whose loss, or any gradient after DDP's
-        all-reduce, is NaN or infinite has its gradients zeroed on the device before the
-        optimiser step, so no NaN reaches the weights or the optimiser state. The run then stops
-        with :class:`NonFiniteLossError`, naming that step, at the next read: the next logged
-        step, or before any checkpoint, evaluation or final save, whichever comes first; so no
-        file holds anything trained after the bad step. (Under fp16, the grad scaler skips
-        steps with non-finite gradients itself; only a non-finite loss stops the run.)
+        **Non-finite policy**: the :class:`~hub_cutinit.training.default_callbacks.NonFiniteGuard`
+        zeroes the gradients of a step whose loss or any gradient is NaN or infinite before the
+        optimiser step; the run then stops with :class:`NonFiniteLossError`, naming that step,
+        at the next read: the next logged step, or before any checkpoint, evaluation or final
+        save, whichever comes first; so no file holds anything trained after the bad step.
         """
         acc, state = self.accelerator, self.state
-        views = self._device_views(views)
-        if self.monitor is None and self.cfg.convergence_monitor:
-            # a fixed probe: this process's first training images (PAPER §9's angle per step)
-            self.monitor = StepAngleMonitor(views[0][:PROBE_SIZE].clone())
+        self.views = views = self._device_views(views)
         self._micro_step += 1
-        syncs = self._micro_step % self.cfg.grad_accum_steps == 0
-        watch = syncs and self.monitor is not None and self._monitored(state.step + 1)
-        snapshot = self.monitor.before_step(self.raw_model) if watch else None
         with acc.accumulate(self.model):
             out = self.model(views)
             loss = out.loss.detach().float()
             acc.backward(out.loss)
-            found = self._guard_update(loss)
+            flag = (~torch.isfinite(loss)).float().reshape(1)
+            if acc.sync_gradients:
+                self.callbacks.call("on_pre_optimizer_step", self, state, flag=flag)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         embeddings = {k: v.detach() for k, v in out.embeddings.items()}
-        self._add_statistics(embeddings, loss, found, state.step + 1)
+        self.add_step_statistics(embeddings, loss, flag, state.step + 1)
         images = views[0].shape[0] * acc.num_processes
         state.images_seen += images
         self._window = (self._window[0], self._window[1] + images)
@@ -617,19 +415,14 @@ class Trainer:
         state.step += 1
         self.scheduler.step_update(state.step)
         hook_log = self.raw_model.on_step_end(state.step / self.record.total_steps) or {}
-        if not self._monitored(state.step):
+        logged = self.logged(state.step)
+        self.callbacks.call("on_step_end", self, state, logged=logged)
+        if not logged:
             return StepResult(embeddings, True, {})
-        log = self._step_log(hook_log)
-        if snapshot is not None:
-            angles = self.monitor.after_step(self.raw_model, snapshot)
-            means = acc.reduce(torch.tensor(list(angles.values()), device=acc.device), "mean")
-            angles = dict(zip(angles, means.tolist(), strict=True))  # one fused all-reduce
-            log.update({f"convergence/{k}": v for k, v in angles.items()})
-            state.convergence.append(
-                {"step": state.step, "epoch": state.epoch, "lr": log["lr"], **angles}
-            )
-        self.last_log = log
-        return StepResult(embeddings, True, log)
+        log = self._read_statistics(hook_log)
+        self.callbacks.call("on_log", self, state, logs=log)
+        self.last_log = {k: v for k, v in log.items() if not k.startswith("_")}
+        return StepResult(embeddings, True, self.last_log)
 
     def _device_views(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
         """The batch's views on the device, augmented there under ``--augment-on device``,
@@ -637,87 +430,75 @@ class Trainer:
         device = self.accelerator.device
         if self.device_augment is not None:  # [base images, parameters] -> the views
             views = self.device_augment([v.to(device, non_blocking=True) for v in views])
-        memory = torch.channels_last if getattr(self, "channels_last", False) else None
+        memory = torch.channels_last if self.channels_last else torch.preserve_format
         views = [
-            v.to(device, non_blocking=True, memory_format=memory)
-            if memory is not None and v.ndim == 4
+            v.to(device, non_blocking=True, memory_format=memory if v.ndim == 4 else None)
+            if self.channels_last
             else v.to(device, non_blocking=True)
             for v in views
         ]
         return data_lib.normalize_views(views)
 
-    def _monitored(self, step: int) -> bool:
+    def logged(self, step: int) -> bool:
+        """Whether optimiser step ``step`` reads the statistics (``1`` and every --log-every)."""
         return step == 1 or step % max(1, self.cfg.log_every) == 0
 
-    def _guard_update(self, loss: torch.Tensor) -> torch.Tensor:
-        """The step's non-finite flag (shape ``(1,)``, 1.0 = bad) without a host sync; on a
-        synchronising step it also covers the all-reduced gradients, which are then zeroed when
-        it is set (so the optimiser step applies no NaN)."""
-        acc = self.accelerator
-        found = (~torch.isfinite(loss)).float().reshape(1)
-        if not acc.sync_gradients or acc.scaler is not None:
-            return found  # fp16: the grad scaler checks (and skips) the step itself
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            unit = torch.ones(1, device=found.device)
-            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, unit)
-            bad = found.reshape(()).bool()
-            for grad in grads:
-                grad.masked_fill_(bad, 0.0)
-        return found
+    def log_values(self, values: dict[str, float]) -> None:
+        """Add values to this logged step's statistics read (averaged over processes; a
+        callback calls it from ``on_step_end``; keys starting with ``_`` are not tracked)."""
+        self._log_values.update(values)
 
-    def _add_statistics(
-        self,
-        embeddings: dict[str, torch.Tensor],
-        loss: torch.Tensor,
-        found: torch.Tensor,
-        step: int,
+    def add_step_statistics(
+        self, embeddings: dict[str, torch.Tensor], loss: torch.Tensor, flag: torch.Tensor, step: int
     ) -> None:
-        """Add the step's norm means, loss and flag to the device-side statistics (no sync)."""
-        values = self._norm_statistics(embeddings, loss)
-        if self.stats is None:
-            self.stats = StepStatistics(self._names, self.accelerator.device)
-        self.stats.add(values[:-1], values[-1], found, step)
-
-    def _norm_statistics(
-        self, embeddings: dict[str, torch.Tensor], loss: torch.Tensor
-    ) -> torch.Tensor:
-        """Update the epoch's norm tracker; this process's mean ‖z‖ per embedding and the loss,
-        stacked on the device (read and reduced over processes on logged steps only)."""
+        """Add the step's norm means (and the epoch's norm tracker), loss and non-finite flag
+        to the device-side statistics (no sync)."""
         self.epoch_norms.update(embeddings)
-        self._names = self._names if self._names is not None else sorted(embeddings)
-        means = [embeddings[k].float().norm(dim=1).mean() for k in self._names]
-        return torch.stack(means + [loss.float().reshape(())])
+        if self.stats is None:
+            self.stats = StepStatistics(sorted(embeddings), self.accelerator.device)
+        means = [embeddings[k].float().norm(dim=1).mean() for k in self.stats.names]
+        stacked = torch.stack(means) if means else loss.new_zeros(0)
+        self.stats.add(stacked, loss, flag, step)
 
-    def _step_log(self, hook_log: dict[str, float]) -> dict[str, float]:
-        """Read the step statistics (one all-reduce, also carrying the checkpoint clock), stop
-        on a non-finite step, log the means since the previous read."""
-        started, images = self._window
-        minutes = self.record.checkpoint_minutes
-        due = bool(minutes) and time.perf_counter() - self._checkpoint_clock >= 60 * minutes
-        norms, loss, bad, (due_anywhere,) = self.stats.read(self.accelerator, [float(due)])
+    def _read_statistics(self, hook_log: dict[str, float]) -> dict[str, float]:
+        """The one read of a logged step: norms, loss, non-finite count and the callbacks'
+        values, summed over processes in one all-reduce; stops on a non-finite step."""
+        assert self.stats is not None
+        names, values = list(self._log_values), list(self._log_values.values())
+        self._log_values = {}
+        norms, loss, bad, extra = self.stats.read(self.accelerator, values)
         if bad:
             self._raise_nonfinite()
-        self._checkpoint_due = due_anywhere > 0  # the same on every process
-        log = {
+        started, images = self._window
+        self._window = (time.perf_counter(), 0)
+        processes = self.accelerator.num_processes
+        return {
             "loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": images / max(time.perf_counter() - started, 1e-9),
             **{f"norm/{k}": v for k, v in norms.items()},
             **hook_log,
+            **{k: v / processes for k, v in zip(names, extra, strict=True)},
         }
-        self.accelerator.log(log, step=self.state.step)
-        return log
 
-    def _check_finite(self) -> None:
+    def check_finite(self) -> None:
         """Stop if any step since the start had a non-finite loss (a collective: called before
         every checkpoint, evaluation and the final save, on every process)."""
         if self.stats is not None and self.stats.any_bad(self.accelerator):
             self._raise_nonfinite()
 
     def _raise_nonfinite(self) -> None:
+        assert self.stats is not None
         step, loss = self.stats.first_bad(self.accelerator)
         raise self._nonfinite(loss, step)
+
+    def agree_max(self, value: float) -> float:
+        """The largest ``value`` over processes (a collective)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor(float(value), device=self.accelerator.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return float(tensor.item())
 
     # -- epochs ---------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -726,13 +507,15 @@ class Trainer:
         try:
             return self._train()
         except RuntimeError as err:  # DistBackendError, gloo's "Connection closed by peer" ...
-            lost = self._lost_process(err)
+            last = latest_checkpoint(self.cfg.output_dir)
+            lost = lost_process_error(err, self.state.step, last, self.cfg.collective_timeout)
             if lost is None:
                 raise
             raise lost from None
         finally:
-            if getattr(self, "progress", None) is not None:
-                self.progress.close()  # also after an error: no stale bar at exit
+            progress = self.callbacks.get(ProgressCallback)
+            if progress is not None:
+                progress.close()  # also after an error: no stale bar at exit
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None
@@ -740,27 +523,21 @@ class Trainer:
     def _train(self) -> dict[str, Any]:
         self.setup(lock=True)
         self.resume()
-        self.run_baselines()
-        self.progress = tqdm(
-            total=self.record.total_steps,
-            initial=self.state.step,
-            disable=not self.accelerator.is_local_main_process,
-            desc=f"{self.cfg.method} c={self.record.c:g}",
-        )
+        self.callbacks.call("on_train_begin", self, self.state)
         self.model.train()
-        while self.state.step < self.record.total_steps:
+        while self.state.step < self.record.total_steps and not self.callbacks.control.should_stop:
             self.train_epoch()
-        self.progress.close()
         return self.finish()
 
     def _start_epoch(self) -> bool:
         """Set the loader's epoch; restore a mid-epoch position once after a resume."""
         self.loader.set_epoch(self.state.epoch)
-        saved, self.loader_state = self.loader_state, None
+        saved, self._loader_state = self._loader_state, None
         if saved is None:
             self.state.epoch_start_images = self.state.images_seen  # a fresh (or restarted) epoch
             return False
         self.loader.num_corrupt = int(saved["hub_cutinit"]["num_corrupt"])  # this process
+        self.loader.corrupt_examples = list(saved["hub_cutinit"].get("corrupt_examples", []))
         # a position saved in an earlier epoch (an epoch-end checkpoint) is not resumed
         if saved["hub_cutinit"]["epoch"] == self.state.epoch:
             self.loader.load_state_dict(saved)
@@ -769,20 +546,21 @@ class Trainer:
         return False
 
     def train_epoch(self) -> None:
-        """Steps until the stream ends or the run does, then the end-of-epoch work."""
+        """Steps until the stream ends, the run does or a callback stops it; then the
+        end-of-epoch work."""
         state, acc, cfg = self.state, self.accelerator, self.cfg
         resumed_mid_epoch, first_step = self._start_epoch(), state.step
         batches, exhausted = iter(self.loader), False
         while state.step < self.record.total_steps:
             step_started = time.perf_counter()
             batch = next(batches, None)
-            if not _all_true(batch is not None, acc.device):
+            if not all_true(batch is not None, acc.device):
                 exhausted = True  # some process has no full batch left: the epoch ends for all
                 break
             result = self.training_step(batch["views"])
             state.train_seconds += time.perf_counter() - step_started
-            if result.synced:
-                self.after_step()
+            if result.synced and self._act_on_control():
+                break
         if exhausted and not resumed_mid_epoch and state.step == first_step:
             raise ValueError(
                 f"Epoch {state.epoch} of {cfg.dataset!r} gave no full batch of {cfg.batch_size} "
@@ -791,35 +569,32 @@ class Trainer:
             )
         self.end_epoch(exhausted)
 
-    def after_step(self) -> None:
-        """Progress bar, step-cadence evaluation and checkpoints."""
-        step, cfg, log = self.state.step, self.cfg, self.last_log
-        self.progress.update(1)
-        if self._monitored(step):
-            postfix = {"loss": f"{log['loss']:.4f}", "img_s": f"{log['images_per_s']:.0f}"}
-            postfix.update({f"|{k[:4]}|": f"{log[f'norm/{k}']:.3g}" for k in self._names})
-            postfix.update(
-                {f"∠{k.split('/')[-1][:4]}": f"{v:.2g}" for k, v in log.items() if "/angle/" in k}
-            )
-            self.progress.set_postfix(postfix)
-            self._window = (time.perf_counter(), 0)
-        if cfg.eval_every and step % cfg.eval_every == 0:
+    def _act_on_control(self) -> bool:
+        """Evaluate and checkpoint when a callback asked; True when one asked to stop."""
+        control, done = self.callbacks.control, self.state.step >= self.record.total_steps
+        if control.should_evaluate:
+            control.should_evaluate = False
             self.evaluate()
-        every = self.record.checkpoint_every
-        if ((every and step % every == 0) or self._checkpoint_due) and (
-            step < self.record.total_steps
-        ):
-            self.checkpoint()
+        if control.should_save:
+            control.should_save = False
+            if not done:  # the last step is saved by end_epoch / finish
+                self.checkpoint()
+        return control.should_stop
 
     def end_epoch(self, exhausted: bool) -> None:
-        """Count corrupt images, record the epoch's norms, evaluate and checkpoint."""
+        """Count corrupt images, record the epoch's norms; at a pass's end the callbacks'
+        ``on_epoch_end`` (evaluation, checkpoint cadence); the last step is always saved."""
         state, acc, rec = self.state, self.accelerator, self.record
         corrupt = torch.tensor(float(data_lib.corrupt_count(self.loader)), device=acc.device)
         state.corrupt_images = int(acc.reduce(corrupt, reduction="sum").item())
-        done = state.step >= rec.total_steps
+        named = gather_object(data_lib.corrupt_examples(self.loader))  # every process's names
+        self.corrupt_examples = list(named)[:MAX_CORRUPT_EXAMPLES]
+        done = state.step >= rec.total_steps or self.callbacks.control.should_stop
         # training may stop exactly at an epoch's last batch, before the stream reports its end
         epoch_end = exhausted or bool(
-            rec.steps_per_epoch and done and state.step % rec.steps_per_epoch == 0
+            rec.steps_per_epoch
+            and state.step >= rec.total_steps
+            and state.step % rec.steps_per_epoch == 0
         )
         if epoch_end:
             state.epoch += 1
@@ -828,32 +603,11 @@ class Trainer:
             summary = self.epoch_norms.reduce_across_processes(inplace=False).summary()
             self.history.append(summary, epoch=state.epoch, step=state.step, **self._epoch_angles())
             self.epoch_norms.reset()
-        if not self.cfg.eval_every and epoch_end and self._eval_epoch(state.epoch):
-            self.evaluate()
-        if not (rec.checkpoint_every or rec.checkpoint_minutes) or done:
+        if epoch_end:
+            self.callbacks.call("on_epoch_end", self, state)
+            self._act_on_control()
+        if done and self.state.step != self._saved_step:
             self.checkpoint()
-
-    def _eval_epoch(self, epoch: int) -> bool:
-        every = self.cfg.eval_every_epochs
-        if every is None:  # automatic: see _update_eval_period
-            return epoch - self._last_eval_epoch >= self.eval_period
-        return bool(every) and epoch % every == 0
-
-    def _update_eval_period(self, seconds: float) -> None:
-        """The automatic epoch period: one evaluation (``seconds``) per ``eval_period`` epochs
-        is at most :data:`EVAL_SHARE` of the training time; the same on every process (the
-        slowest's), as evaluation is a collective."""
-        state, acc = self.state, self.accelerator
-        self._last_eval_epoch = state.epoch
-        per_epoch = state.train_seconds / state.epoch if state.epoch else 0.0
-        if self.cfg.eval_every_epochs is not None or per_epoch <= 0:
-            return
-        period = torch.tensor(
-            float(max(1, math.ceil(seconds / (EVAL_SHARE * per_epoch)))), device=acc.device
-        )
-        if acc.num_processes > 1:
-            torch.distributed.all_reduce(period, op=torch.distributed.ReduceOp.MAX)
-        self.eval_period = int(period.item())
 
     def _epoch_angles(self) -> dict[str, Any]:
         """Mean convergence statistics of the epoch's monitored steps (for the norm history)."""
@@ -869,89 +623,48 @@ class Trainer:
         }
 
     # -- evaluation, checkpoints ----------------------------------------------------------------
-    @torch.no_grad()
     def evaluate_knn(self, backbone: torch.nn.Module, *, probe: bool = False) -> dict[str, Any]:
-        """Weighted kNN (and optionally a linear probe) on l2-normalised backbone features.
-
-        A collective: every process extracts the features of its share of the evaluation sets
-        (with rank 0's BatchNorm buffers), the features are gathered (each example once) and
-        every process runs the kNN on its training device, so all return the same result."""
-        acc = self.accelerator
-        device = acc.device
-        if acc.num_processes > 1:
-            for buffer in backbone.buffers():  # BN running statistics: rank 0's, as saved
-                torch.distributed.broadcast(buffer.data, src=0)
-        features = []
-        for loader in self.eval_sets:
-            feats, labels = extract_features(backbone, loader, device=device)
-            features += [gather_rows(feats, acc), gather_rows(labels, acc)]
-        train_feats, train_labels, test_feats, test_labels = features
-        result: dict[str, Any] = {
-            "knn_accuracy": knn_accuracy(
-                train_feats,
-                train_labels,
-                test_feats,
-                test_labels,
-                k=self.cfg.knn_k,
-                temperature=self.cfg.knn_temperature,
-                device=device,
-            ),
-            "eval_train_samples": int(train_labels.numel()),
-            "eval_test_samples": int(test_labels.numel()),
-        }
-        if probe:
-            result["linear_probe_accuracy"] = linear_probe(
-                train_feats, train_labels, test_feats, test_labels
-            )
-        return result
+        """Weighted kNN (and optionally a linear probe) of ``backbone`` (a collective)."""
+        if self.knn is None:
+            raise ValueError("This run has no labelled evaluation data (see --eval-dataset).")
+        return self.knn.evaluate(backbone, probe=probe)
 
     def run_baselines(self) -> None:
-        """PAPER §8: the same kNN protocol at random initialisation and on raw pixels (step 0)."""
-        acc = self.accelerator
-        if self.eval_sets is None or not self.cfg.baselines or self.state.step != 0:
+        """PAPER §8: the same kNN protocol at random initialisation and on raw pixels (step 0;
+        the checkpoints keep them, so a resumed run does not compute them again)."""
+        if self.knn is None or not self.cfg.baselines or self.state.step != 0:
             return
         started = time.perf_counter()
-        # on every process (a collective); computed once per run: the checkpoints keep them,
-        # so a --resume (step > 0) does not compute them again
-        self.state.baselines = {
-            "random_init_knn": self.evaluate_knn(self.raw_model.backbone)["knn_accuracy"],
-            "raw_pixels_knn": self.evaluate_knn(torch.nn.Flatten())["knn_accuracy"],
-        }
-        self.eval_seconds += time.perf_counter() - started
-        acc.print(f"baselines (kNN): {self.state.baselines}")
+        self.state.baselines = self.knn.baselines(self.raw_model.backbone)
+        self.state.eval_seconds += time.perf_counter() - started
+        self.accelerator.print(format_baselines(self.state.baselines))
 
     def evaluate(self, probe: bool = False) -> dict[str, Any] | None:
-        """The kNN monitor: features extracted by every process, recorded by the main one;
-        prints the share of the wall time spent in evaluation so far."""
+        """The kNN monitor: features extracted by every process, recorded by the main one."""
         acc, state = self.accelerator, self.state
-        if self.eval_sets is None:
+        if self.knn is None:
             return None
-        result = None
-        self._check_finite()
+        self.check_finite()
         state.last_eval_step = state.step  # on every process, so they agree on what runs
         started = time.perf_counter()
-        result = self.evaluate_knn(self.raw_model.backbone, probe=probe)
+        result = self.knn.evaluate(self.raw_model.backbone, probe=probe)
         result.update(step=state.step, epoch=state.epoch)
         seconds = time.perf_counter() - started
-        self.eval_seconds += seconds
-        self._update_eval_period(seconds)
-        share = self.eval_seconds / max(time.perf_counter() - self.started, 1e-9)
+        state.eval_seconds += seconds
         if acc.is_main_process:
             state.knn.append(result)
-            acc.log({"knn_accuracy": result["knn_accuracy"]}, step=state.step)
-        cadence = (
-            f"next after {self.eval_period} epoch(s)"
-            if self.cfg.eval_every_epochs is None and not self.cfg.eval_every
-            else "change the cadence with --eval-every-epochs / --eval-every"
-        )
+        self.callbacks.call("on_evaluate", self, state, metrics={**result, "seconds": seconds})
+        share = state.eval_seconds / max(time.perf_counter() - self.started, 1e-9)
         acc.print(
             f"step {state.step}: kNN accuracy {result['knn_accuracy']:.4f} (evaluation: "
-            f"{100 * share:.1f} % of the wall time so far; {cadence})"
+            f"{100 * share:.1f} % of the wall time so far; --eval-every / --eval-every-epochs "
+            "change the cadence)"
         )
         return result
 
     def checkpoint_state(self) -> dict[str, Any]:
         """What ``trainer_state.json`` holds (a collective: every process calls it)."""
+        self.state.callbacks = self.callbacks.state_dict()
         reduced = self.epoch_norms.reduce_across_processes(inplace=False)
         return {
             **self.state.to_dict(),
@@ -963,8 +676,8 @@ class Trainer:
 
     def checkpoint(self) -> None:
         """An atomic checkpoint of everything a resume needs (after the finiteness check)."""
-        self._check_finite()
-        self._checkpoint_due, self._checkpoint_clock = False, time.perf_counter()
+        self.check_finite()
+        self._saved_step = self.state.step
         self.last_ckpt = save_checkpoint(
             self.accelerator,
             self.cfg.output_dir,
@@ -972,6 +685,7 @@ class Trainer:
             self.checkpoint_state(),
             self.loader.state_dict(),
         )
+        self.callbacks.call("on_save", self, self.state, checkpoint=self.last_ckpt)
 
     def _nonfinite(self, loss: float, bad_step: int) -> NonFiniteLossError:
         """The error to raise for a non-finite loss at ``bad_step``; the checkpoint holding the
@@ -986,65 +700,29 @@ class Trainer:
                 os.replace(self.last_ckpt, set_aside)
             acc.wait_for_everyone()
             self.last_ckpt = latest_checkpoint(self.cfg.output_dir)
-        message = _nonfinite_message(
-            bad_step,
-            loss,
-            self.optimizer.param_groups[0]["lr"],
-            self.record.c,
-            self.last_ckpt,
-        )
+        lr = self.optimizer.param_groups[0]["lr"]
+        message = nonfinite_message(bad_step, loss, lr, self.record.c, self.last_ckpt)
         if set_aside:
             message += f" Step {step}'s checkpoint was moved to {set_aside}."
         return NonFiniteLossError(message)
 
     # -- the end ----------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """Final evaluation, the run summary, save in timm's format, optional push."""
+        """Final evaluation, the run summary, save in timm's format, ``on_train_end`` (push)."""
         cfg, acc, state = self.cfg, self.accelerator, self.state
         final_eval = None
-        if self.stats is not None and not self._monitored(state.step):
-            self.last_log = {**self.last_log, **self._step_log({})}  # the steps since the last log
-        self._check_finite()
-        if self.eval_sets is not None and (cfg.linear_probe or state.last_eval_step != state.step):
+        if self.stats is not None and not self.logged(state.step):
+            tail = self._read_statistics({})  # the steps since the last log
+            self.last_log.update({k: v for k, v in tail.items() if not k.startswith("_")})
+        self.check_finite()
+        if self.knn is not None and (cfg.linear_probe or state.last_eval_step != state.step):
             final_eval = self.evaluate(probe=cfg.linear_probe)
-        result = self.summary(final_eval)
+        result = run_summary(self, final_eval)
         if acc.is_main_process:
             from hub_cutinit.hub import save_pretrained
 
             save_pretrained(self.raw_model, cfg.output_dir, training_info=result)
         acc.wait_for_everyone()  # the last collective: a slow upload cannot time out the others
-        if acc.is_main_process and cfg.push_to_hub:
-            from hub_cutinit.hub import push_to_hub
-
-            push_to_hub(cfg.output_dir, cfg.push_to_hub, private=cfg.hub_private)
+        self.callbacks.call("on_train_end", self, state, summary=result)
         acc.end_training()
         return result
-
-    def summary(self, final_eval: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The run record plus what happened: the dict ``train`` returns and config.json keeps."""
-        state, cfg = self.state, self.cfg
-        return {
-            **self.record.to_dict(),
-            "output_dir": cfg.output_dir,
-            "steps": state.step,
-            "epochs": state.epoch,  # completed passes over the data
-            "images_seen": state.images_seen,
-            "corrupt_images": state.corrupt_images,
-            "wall_time_s": time.perf_counter() - self.started,
-            "train_images_per_s": state.images_seen / max(state.train_seconds, 1e-9),
-            "baselines": state.baselines,
-            "data_config": {
-                "input_size": [3, cfg.image_size, cfg.image_size],
-                "crop_pct": 1.0,
-                "interpolation": "bilinear",
-                "mean": list(data_lib.IMAGENET_MEAN),
-                "std": list(data_lib.IMAGENET_STD),
-            },
-            "norm_history": self.history.state_dict(),
-            "final_norms": self.history.records[-1] if len(self.history) else {},
-            "convergence": state.convergence,
-            "knn": state.knn,
-            "knn_accuracy": state.knn[-1]["knn_accuracy"] if state.knn else None,
-            "linear_probe_accuracy": (final_eval or {}).get("linear_probe_accuracy"),
-            "last_step": self.last_log,
-        }

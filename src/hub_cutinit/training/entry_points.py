@@ -1,6 +1,6 @@
 """The one-call entry points: ``train(cfg)`` and the recipes' ``main(method, argv)``.
 
-The work is done by :class:`hub_cutinit.training.trainer.Trainer`.
+The work is done by :class:`hub_cutinit.training.trainer.Trainer`; both accept callbacks.
 
 Example (a few steps on the built-in dataset)::
 
@@ -11,32 +11,39 @@ Example (a few steps on the built-in dataset)::
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from accelerate import PartialState
 
-from hub_cutinit.training.config import TrainConfig, parse_args
+from hub_cutinit.training.arguments import TrainConfig, parse_args
+from hub_cutinit.training.callbacks import TrainerCallback
 from hub_cutinit.training.report import print_summary
-from hub_cutinit.training.trainer import NonFiniteLossError, Trainer, tune_cpu_allocator
+from hub_cutinit.training.trainer import Trainer
 
-__all__ = ["train", "main", "tune_cpu_allocator", "NonFiniteLossError"]
+__all__ = ["main", "train"]
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, callbacks: Iterable[TrainerCallback] = ()) -> dict[str, Any]:
     """Train ``cfg.method`` with cut-initialisation; return the run summary.
 
     Writes checkpoints under ``cfg.output_dir/checkpoints`` and the final model in timm's
     format (``config.json``, ``model.safetensors``, heads, card) in ``cfg.output_dir``.
+    ``callbacks`` (:class:`~hub_cutinit.training.TrainerCallback`) run after the built-in ones.
     """
-    return Trainer(cfg).train()
+    return Trainer(cfg, callbacks=callbacks).train()
 
 
-def main(method: str | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point of ``recipes/<method>.py``: parse flags, train, print the summary."""
+def main(
+    method: str | None = None,
+    argv: Sequence[str] | None = None,
+    callbacks: Iterable[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Entry point of ``recipes/<method>.py``: parse flags, train (with ``callbacks``), print
+    the summary."""
     cfg = parse_args(method, argv)
     os.makedirs(cfg.output_dir, exist_ok=True)
-    result = train(cfg)
+    result = train(cfg, callbacks)
     if PartialState().is_main_process:
         print_summary(result, cfg)
     return result

@@ -1,0 +1,231 @@
+"""Callbacks: user hooks see every event in order, control the loop, keep their state in
+checkpoints; a resumed run evaluates and checkpoints on the steps an uninterrupted one does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import hub_cutinit.training.default_callbacks as defaults_module
+from hub_cutinit.training import TrainConfig, TrainerCallback, latest_checkpoint, main, train
+
+TINY: dict[str, Any] = dict(
+    method="simclr",
+    backbone="test_resnet",
+    batch_size=8,
+    eval_dataset="builtin",  # kNN on the built-in set; training on the folder below
+    eval_max_samples=64,
+    baselines=False,
+    overrides={"proj_hidden_dim": 32, "proj_dim": 16},
+    log_every=2,
+)
+
+
+def _folder(root: Path, n: int) -> str:
+    """``n`` small unlabelled PNGs: an epoch of ``n / 8`` steps at batch 8."""
+    folder = root / f"images_{n}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(n)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def images_96(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _folder(tmp_path_factory.mktemp("data"), 96)
+
+
+@pytest.fixture(scope="module")
+def images_16(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _folder(tmp_path_factory.mktemp("data"), 16)
+
+
+class Recorder(TrainerCallback):
+    """Records every hook call as (hook, step); keeps a counter as its checkpointed state."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.logs = 0
+
+    def _add(self, hook: str, state: Any) -> None:
+        self.events.append((hook, state.step))
+
+    def on_train_begin(self, trainer, state, control):
+        self._add("train_begin", state)
+
+    def on_step_end(self, trainer, state, control, *, logged):
+        self._add("step_end", state)
+
+    def on_log(self, trainer, state, control, *, logs):
+        assert {"loss", "lr", "norm/projection"} <= set(logs)
+        self.logs += 1
+        self._add("log", state)
+
+    def on_evaluate(self, trainer, state, control, *, metrics):
+        assert 0.0 <= metrics["knn_accuracy"] <= 1.0
+        self._add("evaluate", state)
+
+    def on_save(self, trainer, state, control, *, checkpoint):
+        assert (Path(checkpoint) / "trainer_state.json").exists()
+        self._add("save", state)
+
+    def on_epoch_end(self, trainer, state, control):
+        self._add("epoch_end", state)
+
+    def on_train_end(self, trainer, state, control, *, summary):
+        assert summary["steps"] == state.step
+        self._add("train_end", state)
+
+    def state_dict(self):
+        return {"logs": self.logs}
+
+    def load_state_dict(self, state):
+        self.logs = state["logs"]
+
+
+def _hooks(events: list[tuple[str, int]], hook: str) -> list[int]:
+    return [step for name, step in events if name == hook]
+
+
+def test_every_hook_is_called_in_order_and_state_reaches_the_checkpoint(
+    tmp_path: Path, images_96: str
+) -> None:
+    recorder = Recorder()
+    cfg = TrainConfig(
+        **TINY, dataset=images_96, max_steps=14, eval_every=5, output_dir=str(tmp_path / "run")
+    )
+    train(cfg, callbacks=[recorder])
+    events = recorder.events
+    assert events[0] == ("train_begin", 0) and events[-1] == ("train_end", 14)
+    assert _hooks(events, "step_end") == list(range(1, 15))
+    assert _hooks(events, "log") == [1, 2, 4, 6, 8, 10, 12, 14]  # step 1 and every --log-every
+    assert _hooks(events, "evaluate") == [5, 10, 14]  # --eval-every 5, and the final one
+    assert _hooks(events, "epoch_end") == [12]  # 96 images / 8 per step
+    assert _hooks(events, "save") == [12, 14]  # the epoch end, the last step
+    saved = json.loads((latest_checkpoint(cfg.output_dir) / "trainer_state.json").read_text())
+    assert saved["callbacks"]["Recorder"] == {"logs": 8}
+    assert saved["callbacks"]["EvaluationCallback"] == {"period": 1, "last_epoch": 0}
+
+
+class StopAt(TrainerCallback):
+    """Stops the run at a step, asking for an evaluation and a checkpoint there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, state, control, *, logged):
+        if state.step == self.step:
+            control.should_evaluate = control.should_save = control.should_stop = True
+
+
+def test_control_stops_evaluates_and_saves_at_the_step_asked(
+    tmp_path: Path, images_96: str
+) -> None:
+    recorder = Recorder()
+    cfg = TrainConfig(**TINY, dataset=images_96, max_steps=20, output_dir=str(tmp_path / "run"))
+    result = train(cfg, callbacks=[StopAt(7), recorder])
+    assert result["steps"] == 7
+    assert _hooks(recorder.events, "evaluate") == [7]  # asked for; no second final one
+    assert _hooks(recorder.events, "save") == [7]  # once, not twice for the same step
+    assert latest_checkpoint(cfg.output_dir).name == "step_00000007"
+    assert (Path(cfg.output_dir) / "model.safetensors").exists()  # the run ended normally
+
+
+def test_user_callback_state_is_restored_on_resume(tmp_path: Path, images_96: str) -> None:
+    out, data = str(tmp_path / "run"), {**TINY, "dataset": images_96}
+    train(TrainConfig(**data, max_steps=8, checkpoint_every=4, output_dir=out))
+    resumed = Recorder()
+    resumed.logs = -1  # a fresh instance; the checkpoint has no Recorder state: kept as is
+    train(TrainConfig(**data, max_steps=10, resume=True, output_dir=out), callbacks=[resumed])
+    assert resumed.logs == 0  # steps 10 only: -1 + 1
+    assert _hooks(resumed.events, "step_end") == [9, 10]
+
+
+def test_callbacks_reject_objects_that_are_not_callbacks() -> None:
+    with pytest.raises(TypeError, match="TrainerCallback"):
+        train(TrainConfig(**TINY, max_steps=1), callbacks=[object()])  # type: ignore[list-item]
+
+
+def test_recipe_main_accepts_callbacks(tmp_path: Path) -> None:
+    recorder = Recorder()
+    argv = ["--backbone", "test_resnet", "--batch-size", "8", "--max-steps", "2", "--no-baselines"]
+    argv += ["--set", "proj_hidden_dim=32", "proj_dim=16", "--eval-split", "none"]
+    main("simclr", [*argv, "--output-dir", str(tmp_path / "run")], callbacks=[recorder])
+    assert _hooks(recorder.events, "step_end") == [1, 2]
+
+
+@pytest.fixture
+def fixed_automatic_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The automatic evaluation period without the clock: 3 epochs after each evaluation."""
+    monkeypatch.setattr(defaults_module, "automatic_period", lambda *_: 3)
+
+
+def _eval_and_save_steps(out: Path) -> tuple[list[int], list[int]]:
+    config = json.loads((out / "config.json").read_text())
+    knn = [r["step"] for r in config["hub_cutinit"]["training"]["knn"]]
+    saves = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
+    return knn, saves
+
+
+class _Crash(Exception):
+    pass
+
+
+class CrashAfterSave(TrainerCallback):
+    """Dies right after the checkpoint of a step is written (a killed job)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, trainer, state, control, *, checkpoint):
+        if state.step == self.step:
+            raise _Crash
+
+
+@pytest.mark.usefixtures("fixed_automatic_period")
+def test_resumed_run_evaluates_and_checkpoints_on_the_same_steps(
+    tmp_path: Path, images_16: str
+) -> None:
+    """Automatic evaluation cadence (the period is callback state, kept in checkpoints) and
+    epoch-end checkpoints: a run killed after epoch 5 and resumed agrees with one that was not."""
+    small = {**TINY, "dataset": images_16, "log_every": 1}  # 2 steps per epoch
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(TrainConfig(**small, epochs=9, output_dir=str(whole)))
+    with pytest.raises(_Crash):
+        train(TrainConfig(**small, epochs=9, output_dir=str(parts)), callbacks=[CrashAfterSave(10)])
+    train(TrainConfig(**small, epochs=9, resume=True, output_dir=str(parts)))
+    knn_whole, saves_whole = _eval_and_save_steps(whole)
+    knn_parts, saves_parts = _eval_and_save_steps(parts)
+    assert knn_whole == [2, 8, 14, 18]  # epoch 1, then every 3 epochs, and the last step
+    assert knn_parts == knn_whole
+    assert saves_parts == saves_whole == list(range(2, 19, 2))
+
+
+def test_callback_flag_builds_a_callback_by_import_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_callbacks.py").write_text(
+        "from hub_cutinit.training import TrainerCallback\n\n"
+        "class StopAtTwo(TrainerCallback):\n"
+        "    def on_step_end(self, trainer, state, control, *, logged):\n"
+        "        control.should_stop = state.step == 2\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["--backbone", "test_resnet", "--batch-size", "8", "--max-steps", "3", "--no-baselines"]
+    argv += ["--set", "proj_hidden_dim=32", "proj_dim=16", "--eval-split", "none"]
+    result = main(
+        "simclr",
+        [*argv, "--callback", "my_callbacks:StopAtTwo", "--output-dir", str(tmp_path / "run")],
+    )
+    assert result["steps"] == 2 and result["callbacks"] == ["my_callbacks:StopAtTwo"]
+    for bad in ("no_colon_here", "my_callbacks:Missing", "my_callbacks:TrainerCallback"):
+        with pytest.raises(SystemExit):  # refused when the flags are parsed, naming the fix
+            main("simclr", [*argv, "--callback", bad, "--output-dir", str(tmp_path / "bad")])
