@@ -9,7 +9,7 @@ PYTEST := $(PY) -m pytest
 # Runs pytest; exit code 5 (nothing collected) becomes 0 with a message for marker targets.
 run_pytest = $(PYTEST) $(1); rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests matched ($(1))"; rc=$(2); fi; exit $$rc
 
-.PHONY: install demo test test-all test-faults bench lint format clean
+.PHONY: install demo test test-all test-faults bench lint typecheck doctest ci format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,20 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests recipes
 	$(PY) -m ruff format --check src tests recipes
 
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+# The docstring examples of the package: fast, offline (HF_HUB_OFFLINE=1), deterministic.
+# The path is passed explicitly (testpaths is tests/); no marker filter applies to doctests.
+doctest: $(STAMP)
+	@HF_HUB_OFFLINE=1 $(call run_pytest,-q -p no:cacheprovider --doctest-modules -o addopts= --timeout=300 --durations=5 src/hub_cutinit,1)
+
+# What .ci/run runs, in this order.
+ci: lint typecheck doctest test
+
 format: $(STAMP)
 	$(PY) -m ruff check --fix src tests recipes
 	$(PY) -m ruff format src tests recipes
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -85,21 +85,19 @@ def _check_train(train_feats: Any, train_labels: Any) -> tuple[torch.Tensor, tor
     return feats, labels
 
 
-def _check_test(
-    test_feats: Any, test_labels: Any | None, dim: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_test_feats(test_feats: Any, dim: int) -> torch.Tensor:
     feats = _as_features(test_feats, "test_feats")
     if feats.shape[1] != dim:
         raise ValueError(
             f"train and test features differ in width ({dim} vs {feats.shape[1]}); "
             "extract both with the same backbone"
         )
-    labels = (
-        None
-        if test_labels is None
-        else _as_labels(test_labels, len(feats), "test_labels", "test_feats")
-    )
-    return feats, labels
+    return feats
+
+
+def _check_test(test_feats: Any, test_labels: Any, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = _check_test_feats(test_feats, dim)
+    return feats, _as_labels(test_labels, len(feats), "test_labels", "test_feats")
 
 
 # --------------------------------------------------------------------------- feature extraction
@@ -124,8 +122,8 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, Any]:
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
     for tensor in model.parameters():
         return tensor.device, tensor.dtype if tensor.is_floating_point() else None
-    for tensor in model.buffers():
-        return tensor.device, None
+    for buffer in model.buffers():
+        return buffer.device, None
     return torch.device("cpu"), None
 
 
@@ -245,7 +243,7 @@ def knn_predict(
         tensor([1])
     """
     train_feats, train_labels = _check_train(train_feats, train_labels)
-    test_feats, _ = _check_test(test_feats, None, train_feats.shape[1])
+    test_feats = _check_test_feats(test_feats, train_feats.shape[1])
     if int(k) != k or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}; the paper uses k=200")
     if not temperature > 0:
@@ -371,7 +369,7 @@ def _fit_linear_head(
 
     with torch.enable_grad():
         if optimizer == "lbfgs":
-            opt = torch.optim.LBFGS(
+            lbfgs = torch.optim.LBFGS(
                 head.parameters(),
                 lr=lr,
                 max_iter=int(epochs),
@@ -382,20 +380,20 @@ def _fit_linear_head(
             )
 
             def closure() -> torch.Tensor:
-                opt.zero_grad()
+                lbfgs.zero_grad()
                 loss = objective(x_train, y_train)
                 loss.backward()
                 return loss
 
-            opt.step(closure)
+            lbfgs.step(closure)
         else:
-            opt = torch.optim.Adam(head.parameters(), lr=lr)
+            adam = torch.optim.Adam(head.parameters(), lr=lr)
             for _ in range(int(epochs)):
                 order = torch.randperm(len(x_train), generator=gen).to(device)
                 for idx in order.split(int(batch_size)):
-                    opt.zero_grad()
+                    adam.zero_grad()
                     objective(x_train[idx], y_train[idx]).backward()
-                    opt.step()
+                    adam.step()
 
 
 def linear_probe(

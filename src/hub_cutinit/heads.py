@@ -82,7 +82,7 @@ class DINOHead(nn.Module):
         torch.Size([2, 64])
     """
 
-    cut_init_fixed = ("last_layer.parametrizations.weight.original0",)
+    cut_init_fixed: tuple[str, ...] = ("last_layer.parametrizations.weight.original0",)
 
     def __init__(
         self,

@@ -192,6 +192,8 @@ class DINOLoss(nn.Module):
         torch.Size([])
     """
 
+    center: torch.Tensor  # a buffer: (1, out_dim)
+
     def __init__(
         self,
         out_dim: int,
@@ -236,7 +238,7 @@ class DINOLoss(nn.Module):
             for t in teacher_out
         ]
         student_logp = [F.log_softmax(s.float() / self.student_temp, dim=-1) for s in student_out]
-        total, terms = 0.0, 0
+        total, terms = student_logp[0].new_zeros(()), 0
         for ti, p_t in enumerate(teacher_probs):
             for si, logp_s in enumerate(student_logp):
                 if si == ti:

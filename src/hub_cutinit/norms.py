@@ -310,7 +310,7 @@ class NormTracker:
         world = dist.get_world_size(group)
         if world <= 1:
             return target
-        meta = [None] * world
+        meta: list[Any] = [None] * world  # each rank's (config, names), filled in by the gather
         dist.all_gather_object(meta, (self._config(), sorted(self._stats)), group=group)
         configs = {m[0] for m in meta}
         if len(configs) != 1:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from hub_cutinit.atomic import atomic_path
 
@@ -35,7 +35,7 @@ def new_figure(
     *,
     figsize: tuple[float, float] = (6.4, 4.0),
     dpi: int = 100,
-    layout: str | None = None,
+    layout: Literal["constrained", "compressed", "tight"] | None = None,
 ) -> tuple[Figure, Any]:
     """A figure on the Agg canvas and its ``(nrows, ncols)`` array of axes (always 2-D).
 

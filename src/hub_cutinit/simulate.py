@@ -25,8 +25,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,18 +81,18 @@ def write_csv(rows: Rows, path: str | Path) -> Path:
     return path
 
 
-def fit_loglog_slope(x: Sequence[float], y: Sequence[float]) -> float:
+def fit_loglog_slope(x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     """Least-squares slope of ``log y`` against ``log x`` (the exponent of ``y ∝ x^k``).
 
     Example:
         >>> round(fit_loglog_slope([1, 2, 4], [3, 12, 48]), 6)
         2.0
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    keep = (x > 0) & (y > 0) & np.isfinite(y)
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = (xs > 0) & (ys > 0) & np.isfinite(ys)
     if keep.sum() < 2:
         raise ValueError("Need at least two positive, finite points to fit a log-log slope.")
-    return float(np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)[0])
+    return float(np.polyfit(np.log(xs[keep]), np.log(ys[keep]), 1)[0])
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 4.0)):
@@ -659,6 +661,7 @@ def run_simulation(
         angle ...
     """
     start = time.perf_counter()
+    kwargs: dict[str, Any]
     if experiment == "norm":
         kwargs = {"rhos": (0.5, 1.0, 2.0, 3.0, 4.0), "n_pairs": 100, "lr": 2.0} if quick else {}
         rows = simulate_norm_sweep(seed=seed, out_dir=out_dir, **kwargs)

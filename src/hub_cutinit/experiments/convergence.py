@@ -227,7 +227,9 @@ def study_rows(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             if record.get("knn_accuracy") is None:
                 continue
             step = int(record["step"])
-            near = min(convergence, key=lambda r: abs(r["step"] - step), default={})
+            near: Mapping[str, Any] = min(
+                convergence, key=lambda r: abs(r["step"] - step), default={}
+            )
             row = {
                 "method": p["method"],
                 "variant": p["variant"],
@@ -363,7 +365,7 @@ def _target(method: str, finals: Mapping[tuple[str, str], float], curves: Mappin
     return start + 0.9 * (best - start) if best > start else best
 
 
-def _accuracy_at(points: Sequence[tuple[int, float]], step: float) -> float:
+def _accuracy_at(points: Sequence[tuple[float, float]], step: float) -> float:
     """kNN accuracy at ``step``, linearly interpolated between evaluations."""
     for (s0, a0), (s1, a1) in zip(points, points[1:], strict=False):
         if s0 <= step <= s1:
@@ -451,7 +453,7 @@ def write_outputs(cfg: StudyConfig, payloads: Sequence[Mapping[str, Any]]) -> li
     return paths
 
 
-def throughput(payloads: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def throughput(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per run: wall time (evaluation included), steps, images and training images/s."""
     rows = []
     for p in payloads:

@@ -31,7 +31,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from torch import nn
 from hub_cutinit.atomic import atomic_path, write_text_atomic
 from hub_cutinit.evaluation import norm_confidence
 from hub_cutinit.plotting import new_figure, save_figure
+
+if TYPE_CHECKING:
+    from hub_cutinit.methods.base import SSLModel
 
 __all__ = [
     "BUCKET_COLUMNS",
@@ -98,16 +101,17 @@ def embed(
                     )
                 out["backbone"].append(model(images).reshape(n, -1).float().cpu())
             else:
+                ssl = cast("SSLModel", model)  # duck-typed above: num_views and backbone
                 if n == 1 and set(names) == {"backbone"}:
-                    emb = {"backbone": model.backbone(images)}
+                    emb = {"backbone": ssl.backbone(images)}
                 else:
                     padded = torch.cat([images, images[-1:]]) if n % 2 else images
                     half = len(padded) // 2
                     views = [padded[:half], padded[half:]]
-                    n_global = model.num_views()[0]
+                    n_global = ssl.num_views()[0]
                     if n_global != 2:
                         views = [padded] * n_global
-                    emb = model(views).embeddings
+                    emb = ssl(views).embeddings
                     if n_global != 2:
                         emb = {k: v[: len(padded)] for k, v in emb.items()}
                 missing = sorted(set(names) - set(emb))

@@ -155,8 +155,8 @@ def plot_weight_decay(
             pts = [(r["weight_decay"], r[key][0], r[key][1]) for r in rs if r[key][2]]
             if not pts:
                 continue
-            xs, ys, es = zip(*pts, strict=True)
-            es = [0.0 if math.isnan(e) else e for e in es]
+            xs, ys, errs = zip(*pts, strict=True)
+            es = [0.0 if math.isnan(e) else e for e in errs]
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=label)
     nonzero = [r["weight_decay"] for r in summary if r["weight_decay"] > 0]
     ticks = sorted({r["weight_decay"] for r in summary})

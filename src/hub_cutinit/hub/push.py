@@ -18,11 +18,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from torch import nn
 
 from hub_cutinit.hub.format import CARD_NAME, MANAGED_FILES, read_config
+
+if TYPE_CHECKING:
+    from hub_cutinit.methods.base import SSLModel
 
 __all__ = [
     "push_to_hub",
@@ -204,8 +207,9 @@ def _saved_folder(
     """The save_pretrained folder to push: the given one, or the model saved under ``tmp``."""
     from hub_cutinit.hub.serialization import save_pretrained
 
-    if isinstance(out_dir_or_model, nn.Module):
-        return save_pretrained(out_dir_or_model, tmp / "model", training_info=training_info)
+    if isinstance(out_dir_or_model, nn.Module):  # save_pretrained checks it is an SSL model
+        model = cast("SSLModel", out_dir_or_model)
+        return save_pretrained(model, tmp / "model", training_info=training_info)
     if training_info is not None:
         raise ValueError(
             "training_info is only used when pushing a model; save_pretrained takes it."

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from hub_cutinit.atomic import atomic_path, write_text_atomic
+from hub_cutinit.cut import CUT_ATTRIBUTE
 from hub_cutinit.hub.format import (
     BACKBONE_WEIGHTS_NAME,
     BLOCK_KEY,
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from hub_cutinit.methods.base import SSLModel
 
 __all__ = ["save_pretrained", "load_ssl_model", "build_timm_config", "resolve_model_dir"]
+
+#: The attribute :func:`load_ssl_model` attaches the saved block to (training, norms, evaluation).
+INFO_ATTRIBUTE = "hub_cutinit_info"
 
 _EVAL_KEYS = (
     "knn_accuracy",
@@ -104,8 +108,8 @@ def build_timm_config(
     """
     import inspect
 
-    from timm.models import _hub as timm_hub
-    from timm.models._pretrained import PretrainedCfg
+    from timm.models import PretrainedCfg
+    from timm.models import _hub as timm_hub  # save_config_for_hf: timm has no public re-export
 
     if not isinstance(getattr(backbone, "pretrained_cfg", None), Mapping):
         raise ValueError(
@@ -301,7 +305,9 @@ def _build_block(ssl_model: SSLModel, training_info: Mapping[str, Any]) -> dict[
         "family": getattr(ssl_model, "family", None),
         "c": c,
         "weight_decay": weight_decay,
-        "architecture": (ssl_model.backbone.pretrained_cfg or {}).get("architecture"),
+        "architecture": (getattr(ssl_model.backbone, "pretrained_cfg", None) or {}).get(
+            "architecture"
+        ),
         "hparams": hparams,
         "config": config,
         "training": info,
@@ -337,7 +343,7 @@ def _plain_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def _split_state_dict(
-    ssl_model: nn.Module,
+    ssl_model: SSLModel,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     backbone = _plain_tensors(ssl_model.backbone.state_dict())
     heads = _plain_tensors(
@@ -539,7 +545,7 @@ def resolve_model_dir(
                 revision=revision,
                 allow_patterns=list(LOAD_FILES),
                 token=token,
-                cache_dir=cache_dir,
+                cache_dir=None if cache_dir is None else os.fspath(cache_dir),
             )
         )
     path = Path(text).expanduser()
@@ -651,9 +657,9 @@ def load_ssl_model(
             "from different saves or edited; save the model again."
         )
     model.load_state_dict(state, strict=True)
-    model.cut_init_c = c
+    setattr(model, CUT_ATTRIBUTE, c)  # as cut_init sets it
     hparams = getattr(model, "hparams", None)
     if isinstance(hparams, dict):
         hparams["c"] = c
-    model.hub_cutinit_info = block  # the saved block: training, norms, evaluation
+    setattr(model, INFO_ATTRIBUTE, block)
     return model.eval()
