@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import hub_cutinit.training.default_callbacks as defaults_module
 from hub_cutinit.training import TrainConfig, TrainerCallback, latest_checkpoint, main, train
+from hub_cutinit.training import default_callbacks as defaults_module
 
 TINY: dict[str, Any] = dict(
     method="simclr",
@@ -168,13 +168,6 @@ def fixed_automatic_period(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(defaults_module, "automatic_period", lambda *_: 3)
 
 
-def _eval_and_save_steps(out: Path) -> tuple[list[int], list[int]]:
-    config = json.loads((out / "config.json").read_text())
-    knn = [r["step"] for r in config["hub_cutinit"]["training"]["knn"]]
-    saves = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*"))
-    return knn, saves
-
-
 class _Crash(Exception):
     pass
 
@@ -198,15 +191,18 @@ def test_resumed_run_evaluates_and_checkpoints_on_the_same_steps(
     epoch-end checkpoints: a run killed after epoch 5 and resumed agrees with one that was not."""
     small = {**TINY, "dataset": images_16, "log_every": 1}  # 2 steps per epoch
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train(TrainConfig(**small, epochs=9, output_dir=str(whole)))
+    whole_saves, parts_saves = Recorder(), Recorder()
+    whole_run = train(TrainConfig(**small, epochs=9, output_dir=str(whole)), [whole_saves])
     with pytest.raises(_Crash):
-        train(TrainConfig(**small, epochs=9, output_dir=str(parts)), callbacks=[CrashAfterSave(10)])
-    train(TrainConfig(**small, epochs=9, resume=True, output_dir=str(parts)))
-    knn_whole, saves_whole = _eval_and_save_steps(whole)
-    knn_parts, saves_parts = _eval_and_save_steps(parts)
-    assert knn_whole == [2, 8, 14, 18]  # epoch 1, then every 3 epochs, and the last step
-    assert knn_parts == knn_whole
-    assert saves_parts == saves_whole == list(range(2, 19, 2))
+        killed = TrainConfig(**small, epochs=9, output_dir=str(parts))
+        train(killed, callbacks=[parts_saves, CrashAfterSave(10)])
+    resumed = train(
+        TrainConfig(**small, epochs=9, resume=True, output_dir=str(parts)), [parts_saves]
+    )
+    assert [r["step"] for r in whole_run["knn"]] == [2, 8, 14, 18]  # epoch 1, every 3rd, last
+    assert [r["step"] for r in resumed["knn"]] == [2, 8, 14, 18]
+    saves = _hooks(whole_saves.events, "save")
+    assert saves == _hooks(parts_saves.events, "save") == list(range(2, 19, 2))  # epoch ends
 
 
 def test_callback_flag_builds_a_callback_by_import_path(

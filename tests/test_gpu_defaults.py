@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from hub_cutinit import create_ssl_model
 from hub_cutinit.losses import NTXentLoss, moco_infonce
 from hub_cutinit.monitor import StepAngleMonitor
-from hub_cutinit.training import NonFiniteLossError, TrainConfig, Trainer
-from hub_cutinit.training import parse_args
+from hub_cutinit.training import NonFiniteLossError, TrainConfig, Trainer, parse_args
+from hub_cutinit.training.default_callbacks import NonFiniteGuard
 from hub_cutinit.training.device_defaults import (
     DEFAULT_CHECKPOINT_MINUTES,
     is_conv_backbone,
@@ -75,6 +75,12 @@ def test_checkpoint_cadence_steps_win_then_minutes_then_the_device_default() -> 
         TrainConfig(method="byol", checkpoint_minutes=-1.0)
 
 
+def _guard_on_the_device(trainer: Trainer) -> None:
+    """The CUDA behaviour of the non-finite guard (no host read), tested on CPU."""
+    trainer.remove_callback(NonFiniteGuard)
+    trainer.add_callback(NonFiniteGuard(device_side=True))
+
+
 def _tiny_trainer(**kw: object) -> Trainer:
     cfg = TrainConfig(
         method="simclr",
@@ -84,6 +90,7 @@ def _tiny_trainer(**kw: object) -> Trainer:
         **kw,  # type: ignore[arg-type]
     )
     trainer = Trainer(cfg)
+    _guard_on_the_device(trainer)
     trainer.setup_accelerator()
     trainer.setup_model()
     trainer.setup_optimizer(total_steps=40)
@@ -215,9 +222,15 @@ def test_non_logged_steps_make_no_host_sync(method: str, monkeypatch: pytest.Mon
         "moco": {"proj_hidden_dim": 16, "proj_dim": 8, "queue_size": 64},
     }[method]
     cfg = TrainConfig(
-        method=method, backbone="test_resnet", batch_size=4, log_every=5, overrides=overrides
+        method=method,
+        backbone="test_resnet",
+        batch_size=4,
+        log_every=5,
+        monitor_budget=1.0,  # the monitor on every logged step
+        overrides=overrides,
     )
     trainer = Trainer(cfg)
+    _guard_on_the_device(trainer)
     trainer.setup_accelerator()
     trainer.setup_model()
     trainer.setup_optimizer(total_steps=20)
@@ -238,9 +251,9 @@ def test_non_logged_steps_make_no_host_sync(method: str, monkeypatch: pytest.Mon
         log = trainer.training_step(views).log  # step 5: the one read
     assert math.isfinite(log["loss"]) and "convergence/angle/projection" in log
     print(f"{method}: host syncs on a logged step: {dict(logged)}")
-    # the fused statistics and the fused convergence angles: two all-reduces, two host copies;
-    # the monitor itself reads its angle and norm per embedding (__float__)
-    assert logged["tolist"] == 2 and set(logged) <= {"tolist", "__float__"}
+    # one fused all-reduce and host copy (statistics, convergence angles, monitor cost); the
+    # monitor itself reads this process's angle and norm per embedding (__float__)
+    assert logged["tolist"] == 1 and set(logged) <= {"tolist", "__float__"}
     assert set(probes) == {1, 5}  # the convergence monitor runs on logged steps only
 
 
@@ -260,3 +273,24 @@ def test_a_nan_step_is_zeroed_on_the_device_and_stops_the_run_naming_it() -> Non
     trainer.training_step(good)
     with pytest.raises(NonFiniteLossError, match=r"Non-finite loss \(nan\) at step 3\."):
         trainer.checkpoint()  # the read before any checkpoint stops the run
+
+
+def test_the_cpu_guard_reads_the_flag_and_zeroes_only_bad_steps() -> None:
+    """On CPU (no device to wait for) the guard reads its flag: one read per step, the
+    gradients untouched on good steps and zeroed on a bad one."""
+    trainer = _tiny_trainer(log_every=10)
+    trainer.remove_callback(NonFiniteGuard)
+    guard = NonFiniteGuard()  # the default: a plain read on CPU
+    trainer.add_callback(guard)
+    model = trainer.raw_model
+    grads = [torch.full_like(p, 0.5) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads, strict=True):
+        p.grad = g.clone()
+    flag = torch.zeros(1)
+    with count_host_syncs() as counts:
+        guard.on_pre_optimizer_step(trainer, trainer.state, None, flag=flag)
+    assert counts["item"] == 1 and flag.item() == 0
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    next(model.parameters()).grad[0] = float("inf")
+    guard.on_pre_optimizer_step(trainer, trainer.state, None, flag=flag)
+    assert flag.item() == 1 and all(not p.grad.any() for p in model.parameters())

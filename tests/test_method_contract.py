@@ -27,7 +27,7 @@ from hub_cutinit.registry import (
     register_method,
     unregister_method,
 )
-from hub_cutinit.training.speed import check_fp16_safe
+from hub_cutinit.training import TrainConfig, parse_args
 
 NAME = "dot-product"
 
@@ -173,9 +173,9 @@ def test_dino_refuses_fp16_at_c_9_through_check_run() -> None:
         check_run("dino", RunSpec(c=9.0, mixed_precision="fp16"))
     assert check_run("dino", RunSpec(c=3.0, mixed_precision="fp16")) == []
     assert check_run("dino", RunSpec(c=9.0, mixed_precision="bf16")) == []
-    with pytest.raises(ValueError, match="fp16 with DINO at c=12"):
-        check_fp16_safe("dino", 12.0, "fp16")  # the old entry point delegates
-    check_fp16_safe("simclr", 9.0, "fp16")
+    with pytest.raises(SystemExit):  # refused when the recipe's flags are parsed
+        parse_args("dino", ["--c", "12", "--mixed-precision", "fp16"])
+    assert parse_args("simclr", ["--c", "9", "--mixed-precision", "fp16"]).c == 9.0
 
 
 def test_moco_warns_for_a_queue_short_for_the_global_batch() -> None:
@@ -206,7 +206,7 @@ def test_a_new_method_declares_its_own_checks(dot_product) -> None:
 
     with registered(Picky):
         with pytest.raises(ValueError, match="picky cannot train in fp16"):
-            check_fp16_safe("picky", 1.0, "fp16")
+            TrainConfig(method="picky", mixed_precision="fp16")  # the config asks the method
         assert check_run("picky", RunSpec(c=1.0, global_batch_size=4096)) == ["a big batch"]
 
 

@@ -23,7 +23,6 @@ from hub_cutinit.training.checkpoint import (
     OutputDirLockedError,
     latest_checkpoint,
 )
-from hub_cutinit.training.default_callbacks import default_callbacks
 from hub_cutinit.training.entry_points import main, train
 from hub_cutinit.training.failures import LostProcessError, NonFiniteLossError
 from hub_cutinit.training.state import RunRecord, TrainerState
@@ -41,7 +40,6 @@ __all__ = [
     "TrainerControl",
     "TrainerState",
     "build_parser",
-    "default_callbacks",
     "latest_checkpoint",
     "main",
     "parse_args",

@@ -30,7 +30,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hub_cutinit.cli_args import parse_set
 from hub_cutinit.registry import check_run, get_method_defaults, list_methods
@@ -463,10 +463,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if default == argparse.SUPPRESS or default == []:
             return text
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or text
 
 
-def _add_flag(group: argparse._ArgumentGroup, f: dataclasses.Field) -> None:
+class _Group(Protocol):
+    """What :func:`_add_flag` needs of an argparse argument group."""
+
+    def add_argument(self, *names: str, **kwargs: Any) -> Any: ...
+
+
+def _add_flag(group: _Group, f: dataclasses.Field) -> None:
     meta, flag = f.metadata, _flag(f)
     kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"]}
     if f.name == "overrides":

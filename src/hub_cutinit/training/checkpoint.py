@@ -122,8 +122,12 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return None
-    complete = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return max(complete, key=lambda p: int(_NAME.match(p.name).group(1))) if complete else None
+    complete: list[tuple[int, Path]] = []
+    for p in root.iterdir():
+        m = _NAME.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            complete.append((int(m.group(1)), p))
+    return max(complete, key=lambda sp: sp[0])[1] if complete else None
 
 
 def save_checkpoint(
@@ -336,7 +340,7 @@ def acquire_run_lock(output_dir: str | os.PathLike) -> tuple[RunLock, str | None
             holder = _read_holder(path)
             if holder == {}:  # released meanwhile
                 continue
-            if not _is_stale(holder):
+            if holder is not None and not _is_stale(holder):
                 raise OutputDirLockedError(_locked_message(path, holder)) from None
             notice = _take_over(path, holder)
             continue

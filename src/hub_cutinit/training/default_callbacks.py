@@ -67,6 +67,10 @@ class NonFiniteGuard(TrainerCallback):
 
     order = 0
 
+    def __init__(self, device_side: bool | None = None) -> None:
+        #: None: on the device (no host read) on CUDA, a plain read on CPU
+        self.device_side = device_side
+
     def on_pre_optimizer_step(
         self, trainer: Any, state: Any, control: TrainerControl, *, flag: torch.Tensor
     ) -> None:
@@ -77,7 +81,10 @@ class NonFiniteGuard(TrainerCallback):
             return
         total = torch.nn.utils.get_total_norm(grads, foreach=True)
         flag.add_((~torch.isfinite(total)).float()).clamp_(max=1.0)
-        if flag.device.type == "cpu":
+        device_side = self.device_side
+        if device_side is None:
+            device_side = flag.device.type != "cpu"
+        if not device_side:
             if flag.item() > 0:  # no device to wait for: a plain read
                 for grad in grads:
                     grad.zero_()

@@ -8,8 +8,8 @@ Example:
     >>> import torch
     >>> opt, sched = build_optimizer(torch.nn.Linear(2, 2), "sgd", lr=0.1, weight_decay=5e-4,
     ...                              cosine_steps=100, warmup_steps=10)
-    >>> sched.step_update(10); round(opt.param_groups[0]["lr"], 4)
-    0.1
+    >>> sched.step_update(10); round(opt.param_groups[0]["lr"], 4)  # cos at 10/100 of horizon
+    0.0976
     >>> resolve_schedule(total_steps=200, steps_per_epoch=10, warmup_epochs=None,
     ...                  cosine_epochs=100)
     (100, 1000)
@@ -89,6 +89,11 @@ def resolve_schedule(
 
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
+#: The BatchNorm layers (public classes; timm's ``BatchNormAct2d`` subclasses ``nn.BatchNorm2d``).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+_Producer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+
 
 @torch.no_grad()
 def bn_normalized_weights(
@@ -108,7 +113,7 @@ def bn_normalized_weights(
     """
     clone = copy.deepcopy(model).eval()
     names = {module: name for name, module in clone.named_modules()}
-    producers: dict[int, nn.Module] = {}
+    producers: dict[int, _Producer] = {}
     found: list[str] = []
 
     def after(module: nn.Module, _inputs: object, output: object) -> None:
@@ -129,7 +134,7 @@ def bn_normalized_weights(
 
     handles = []
     for module in clone.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             handles.append(module.register_forward_pre_hook(before))
         elif not list(module.children()):
             handles.append(module.register_forward_hook(after))
@@ -145,7 +150,8 @@ def _param_groups(
     model: nn.Module, weight_decay: float, normalized: Iterable[str], lr_scale: float
 ) -> list[dict]:
     normalized = set(normalized)
-    plain, scaled = [], []
+    plain: list[nn.Parameter] = []
+    scaled: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (scaled if name in normalized else plain).append(param)

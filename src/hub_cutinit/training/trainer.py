@@ -100,7 +100,7 @@ class Trainer:
         callbacks: Iterable[TrainerCallback] = (),
     ) -> None:
         self.cfg = cfg
-        self.accelerator: Accelerator = accelerator  # type: ignore[assignment]  # set in setup
+        self.accelerator: Accelerator = accelerator  # set in setup_accelerator when None
         named = [import_callback(spec) for spec in cfg.callbacks]  # --callback MODULE:CLASS
         self.callbacks = CallbackHandler([*default_callbacks(cfg), *named, *callbacks])
         self.state = TrainerState()
@@ -155,8 +155,8 @@ class Trainer:
             self.lock_output_dir()
         self.setup_model()
         self.setup_data()
-        steps_per_epoch = self.steps_per_epoch()
-        total = self.cfg.max_steps or steps_per_epoch * self.cfg.epochs  # max_steps wins
+        steps_per_epoch = self.steps_per_epoch()  # None only with --max-steps
+        total = self.cfg.max_steps or (steps_per_epoch or 0) * self.cfg.epochs  # max_steps wins
         self.setup_optimizer(total_steps=total, steps_per_epoch=steps_per_epoch)
         if self.cfg.log_with:
             config = {k: v for k, v in self.record.to_dict().items() if v is not None}
@@ -311,7 +311,8 @@ class Trainer:
         if rec.normalized_lr_scale != 1:
             size = self.cfg.image_size
             normalized = bn_normalized_weights(
-                self.raw_model, lambda m: m.embed(torch.randn(2, 3, size, size))
+                self.raw_model,
+                lambda m: m.embed(torch.randn(2, 3, size, size)),  # type: ignore[operator]
             )
         self.optimizer, self.scheduler = build_optimizer(
             self.raw_model,
@@ -554,7 +555,8 @@ class Trainer:
         while state.step < self.record.total_steps:
             step_started = time.perf_counter()
             batch = next(batches, None)
-            if not all_true(batch is not None, acc.device):
+            everyone_has_one = all_true(batch is not None, acc.device)  # a collective
+            if batch is None or not everyone_has_one:
                 exhausted = True  # some process has no full batch left: the epoch ends for all
                 break
             result = self.training_step(batch["views"])
