@@ -64,8 +64,9 @@ class FeatureModel(nn.Module):
         return hidden[:, 0] if hidden.ndim == 3 else hidden.mean(dim=tuple(range(2, hidden.ndim)))
 
 
-def _read_config(spec: str) -> tuple[dict[str, Any] | None, str | None]:
-    """``(config.json, repo id or folder)`` of a local folder or a Hub id; ``(None, None)``."""
+def _read_config(spec: str) -> tuple[dict[str, Any], str] | None:
+    """``(config.json, repo id or folder)`` of a local folder or a Hub id; ``None`` for a timm
+    model name."""
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
         file = path / "config.json"
@@ -77,12 +78,12 @@ def _read_config(spec: str) -> tuple[dict[str, Any] | None, str | None]:
         return json.loads(file.read_text()), str(path)
     repo = spec[len("hf-hub:") :] if spec.startswith("hf-hub:") else spec
     if "/" not in repo:
-        return None, None  # a timm model name
+        return None  # a timm model name
     from huggingface_hub import hf_hub_download
 
     repo_id, _, revision = repo.partition("@")
-    file = hf_hub_download(repo_id, "config.json", revision=revision or None)
-    return json.loads(Path(file).read_text()), repo
+    downloaded = hf_hub_download(repo_id, "config.json", revision=revision or None)
+    return json.loads(Path(downloaded).read_text()), repo
 
 
 def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureModel, dict]:
@@ -98,7 +99,8 @@ def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureM
     """
     import timm
 
-    config, source = _read_config(spec)
+    config, source = _read_config(spec) or (None, "")
+    info: dict[str, Any]
     if config is not None and "architecture" not in config and "model_type" in config:
         from transformers import AutoModel
 
@@ -122,16 +124,21 @@ def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureM
                 "resnet18, ./my_save/, hf-hub:owner/name"
             ) from err
     data = timm.data.resolve_data_config({}, model=net)
-    info = {"kind": "timm", "output": "pooled features (num_classes=0)"}
+    output = "pooled features (num_classes=0)"
+    info = {"kind": "timm", "output": output}
     info.update(input_size=data["input_size"][-1], mean=data["mean"], std=data["std"])
-    return FeatureModel(net, "timm", info["output"]), info
+    return FeatureModel(net, "timm", output), info
+
+
+#: The BatchNorm layers (timm's ``BatchNormAct2d`` subclasses ``nn.BatchNorm2d``).
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def _training_norm_mode(model: nn.Module) -> nn.Module:
     """Eval mode except BatchNorm, which uses batch statistics as in training."""
     model.eval()
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, _BATCH_NORMS):
             module.train()
     return model
 

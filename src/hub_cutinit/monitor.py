@@ -59,7 +59,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
 __all__ = ["StepAngleMonitor", "angle_between", "angle_norm_figure", "fit_loglog_slope"]
 
@@ -115,11 +114,23 @@ def fit_loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.round(slope, 12))
 
 
+#: The layers that may keep running statistics (timm's ``BatchNormAct2d`` is a ``BatchNorm2d``).
+_RUNNING_STAT_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+
 def _running_stat_buffers(model: nn.Module) -> list[torch.Tensor]:
     """The buffers a train-mode forward updates: normalisation layers' running statistics."""
     buffers: list[torch.Tensor] = []
     for module in model.modules():
-        if isinstance(module, _NormBase) and module.track_running_stats:
+        if isinstance(module, _RUNNING_STAT_NORMS) and module.track_running_stats:
             for name in ("running_mean", "running_var", "num_batches_tracked"):
                 buf = getattr(module, name, None)
                 if isinstance(buf, torch.Tensor):

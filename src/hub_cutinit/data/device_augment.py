@@ -316,6 +316,12 @@ class DeviceAugment:
         return _blend(x, _gray(x), f4)
 
 
+def _pair(scale: Sequence[float]) -> tuple[float, float]:
+    """``scale`` (a tuple, or a list from a config) as a tuple of two floats."""
+    low, high = scale
+    return float(low), float(high)
+
+
 def make_device_view_transform(
     method: str | type[SSLModel],
     image_size: int,
@@ -353,10 +359,10 @@ def make_device_view_transform(
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     cls = method if isinstance(method, type) else get_method_class(str(method).lower())
     spec = cls.view_spec()
-    groups = [ViewGroup(num_global_views, image_size, tuple(scale or spec.global_scale))]
+    groups = [ViewGroup(num_global_views, image_size, _pair(scale or spec.global_scale))]
     if spec.num_local and num_local_views:
         size = local_size or local_crop_size(image_size, spec.local_size_fraction)
-        groups.append(ViewGroup(num_local_views, size, tuple(local_scale or spec.local_scale)))
+        groups.append(ViewGroup(num_local_views, size, _pair(local_scale or spec.local_scale)))
     return DeviceViewTransform(
         AugmentSpec(
             base_size=base_size or image_size,

@@ -494,8 +494,9 @@ def plan_evaluation(
     if eval_split is None:
         return EvalPlan(None, "no evaluation (--eval-split none)")
     separate = eval_dataset is not None
-    source = eval_dataset if separate else dataset
-    if separate:
+    source = dataset
+    if eval_dataset is not None:
+        source = eval_dataset
         check_dataset_spec(eval_dataset, "--eval-dataset")
         image_column, label_column = eval_image_column, eval_label_column
     bank_split = eval_bank_split or ("train" if separate else train_split)

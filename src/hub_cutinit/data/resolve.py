@@ -122,7 +122,7 @@ def _with_count(ds: IterableDataset, split: str, rows: int | None) -> IterableDa
 def _generate_image_files(paths: list[str], labels: list[int], ids: list[str]):
     """``from_generator`` source of :func:`_image_files_dataset`: one shard per file."""
     for path, label, key in zip(paths, labels, ids, strict=True):
-        example = {"image": {"bytes": None, "path": path}, "id": key}
+        example: dict[str, object] = {"image": {"bytes": None, "path": path}, "id": key}
         if label >= 0:
             example["label"] = label
         yield example
@@ -318,6 +318,8 @@ def detect_columns(
         ('image', None)
     """
     available = list(features)
+    image: str | None
+    label: str | None
     if image_column is not None:
         if image_column not in features:
             raise ValueError(

@@ -444,8 +444,8 @@ def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
     names = [name for s in samples for name in s.get("corrupt_examples", ())]
     samples = [s for s in samples if not s.get(TRAILING_CORRUPT)]
     if not samples:  # only the end-of-stream marker: nothing to train on, a count to report
-        batch = {"label": torch.zeros(0, dtype=torch.long), "num_corrupt": num_corrupt}
-        return {**batch, "corrupt_examples": names} if names else batch
+        empty = {"label": torch.zeros(0, dtype=torch.long), "num_corrupt": num_corrupt}
+        return {**empty, "corrupt_examples": names} if names else empty
     first = samples[0]
     batch: dict[str, Any] = {}
     if "views" in first:
@@ -509,7 +509,7 @@ class SSLDataLoader(StatefulDataLoader):
         self.dataset.set_epoch(epoch)
         self._epoch_finished = False
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         iterator = super().__iter__()
         self._epoch_finished = False
         for batch in iterator:

@@ -266,7 +266,8 @@ def make_view_transform(
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     cls = method if isinstance(method, type) else get_method_class(str(method).lower())
     spec = cls.view_spec()
-    common = dict(
+    augment = functools.partial(
+        _augment,
         mean=mean,
         std=std,
         hflip_p=hflip_p,
@@ -277,11 +278,11 @@ def make_view_transform(
         solarize_p=solarize_p,
         uint8=uint8,
     )
-    glob = _augment(image_size, scale or spec.global_scale, **common)
+    glob = augment(image_size, scale or spec.global_scale)
     if spec.num_local == 0:
         return ViewTransform(glob, num_global_views)
     size = local_size or local_crop_size(image_size, spec.local_size_fraction)
-    local = _augment(size, local_scale or spec.local_scale, **common)
+    local = augment(size, local_scale or spec.local_scale)
     return ViewTransform(glob, num_global_views, local, num_local_views)
 
 

@@ -162,7 +162,8 @@ def _schedule_rows(
     optimizer = training.get("optimizer", hparams.get("optimizer"))
     if optimizer is not None:
         nesterov = training.get("nesterov")
-        suffix = {True: " (Nesterov)", False: " (no Nesterov)"}.get(nesterov, "")
+        suffixes: dict[object, str] = {True: " (Nesterov)", False: " (no Nesterov)"}
+        suffix = suffixes.get(nesterov, "")
         rows.append(("optimizer", f"{optimizer}{suffix}"))
     if training.get("lr") is not None:
         rows.append(("peak learning rate", format_number(training["lr"])))
@@ -213,8 +214,12 @@ def format_epochs(training: Mapping[str, Any]) -> str | None:
     if epochs is None:
         return None
     steps, per_epoch = training.get("steps"), training.get("steps_per_epoch")
-    partial_epoch = isinstance(steps, int) and isinstance(per_epoch, int) and per_epoch > 0
-    if epochs == 0 and partial_epoch and 0 < steps < per_epoch:
+    if (
+        epochs == 0
+        and isinstance(steps, int)
+        and isinstance(per_epoch, int)
+        and 0 < steps < per_epoch
+    ):
         return f"{steps / per_epoch:.2g} epoch ({steps} of {per_epoch} steps)"
     return format_number(epochs)
 
@@ -317,8 +322,8 @@ def _scale_note(
         f"`{architecture}`",
         training.get("hardware"),
     ]
-    scale = [str(part) for part in scale if part]
-    scale_note = "Scale: " + ", ".join(scale) + "." if scale else ""
+    parts = [str(part) for part in scale if part]
+    scale_note = "Scale: " + ", ".join(parts) + "." if parts else ""
     if has_eval_rows:
         scale_note += (
             " A kNN accuracy means little on its own: compare it with the baselines"

@@ -427,7 +427,8 @@ class SSLModel(nn.Module):
 
     def _teacher_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         assert self.teacher is not None
-        teacher, student = [], []
+        teacher: list[torch.Tensor] = []
+        student: list[torch.Tensor] = []
         for part in self.teacher_parts:
             teacher.extend(self.teacher[part].parameters())
             student.extend(getattr(self, part).parameters())
@@ -462,6 +463,7 @@ class SSLModel(nn.Module):
         if momentum is None:
             return None
         teacher, student = self._teacher_pairs()
+        # no public foreach lerp in torch>=2.1 (swa_utils' EMA helper, 2.2+, calls this one)
         torch._foreach_lerp_(teacher, [s.detach() for s in student], 1.0 - momentum)
         return momentum
 

@@ -54,6 +54,11 @@ class MoCo(SSLModel):
         "cpu": {"proj_hidden_dim": 512, "queue_size": 1024},
         "tiny": {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 32},
     }
+
+    # buffers registered in build_heads: the negatives' queue and its write position
+    queue: torch.Tensor
+    queue_ptr: torch.Tensor
+
     head_names = ("projector",)
     teacher_parts = ("backbone", "projector")
 

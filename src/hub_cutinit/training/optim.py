@@ -90,7 +90,7 @@ def resolve_schedule(
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 #: The BatchNorm layers (public classes; timm's ``BatchNormAct2d`` subclasses ``nn.BatchNorm2d``).
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 _Producer = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
 
@@ -134,7 +134,7 @@ def bn_normalized_weights(
 
     handles = []
     for module in clone.modules():
-        if isinstance(module, BATCH_NORMS):
+        if isinstance(module, _BATCH_NORMS):
             handles.append(module.register_forward_pre_hook(before))
         elif not list(module.children()):
             handles.append(module.register_forward_hook(after))
