@@ -13,9 +13,7 @@ import pytest
 from PIL import Image
 
 from hub_cutinit.data import UndecodableImagesError, check_dataset_spec, default_num_workers
-from hub_cutinit.training import TrainConfig, Trainer
-from hub_cutinit.training import build_parser
-from hub_cutinit.training import main
+from hub_cutinit.training import TrainConfig, Trainer, build_parser, main
 
 TINY = [
     "--backbone",

@@ -13,8 +13,7 @@ import timm
 import torch
 
 from hub_cutinit.hub import load_ssl_model
-from hub_cutinit.training import TrainConfig, latest_checkpoint, parse_args
-from hub_cutinit.training import main
+from hub_cutinit.training import TrainConfig, latest_checkpoint, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
