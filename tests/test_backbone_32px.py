@@ -16,7 +16,7 @@ import timm
 import torch
 
 from hub_cutinit import create_ssl_model
-from hub_cutinit.cli_args import parse_set
+from hub_cutinit.set_flag import parse_set
 from hub_cutinit.hub import save_pretrained
 
 NARROW = {"channels": [16, 32, 64, 128]}

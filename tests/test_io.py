@@ -1,5 +1,5 @@
 """Atomic files with a normal file's permissions (hub_cutinit.atomic), the one figure writer
-(hub_cutinit.plotting) and the --set grammar (hub_cutinit.cli_args)."""
+(hub_cutinit.plotting) and the --set grammar (hub_cutinit.set_flag)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hub_cutinit.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from hub_cutinit.cli_args import parse_set
+from hub_cutinit.set_flag import parse_set
 from hub_cutinit.plotting import new_figure, save_figure
 
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torchvision.transforms import v2
+
 from hub_cutinit.data.device_augment import AUGMENT_ON, make_device_view_transform
 from hub_cutinit.data.resolve import (
     BUILTIN_NAMES,
@@ -34,9 +37,32 @@ from hub_cutinit.data.stream import SSLDataLoader, SSLImageStream, make_eval_loa
 from hub_cutinit.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    EvalTransform,
     make_eval_transform,
     make_view_transform,
 )
+
+__all__ = [
+    "CPU_NUM_WORKERS",
+    "DATASET_KINDS",
+    "EvalPlan",
+    "HeldOut",
+    "NO_LABELS_NOTICE",
+    "UndecodableImagesError",
+    "accepted_datasets",
+    "build_eval_loaders",
+    "build_train_stream",
+    "check_dataset_spec",
+    "check_decodable",
+    "corrupt_count",
+    "corrupt_examples",
+    "count_examples",
+    "dataset_label",
+    "default_num_workers",
+    "plan_evaluation",
+    "shard_for_workers",
+]
+
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +214,17 @@ def build_eval_loaders(
     the format :func:`hub_cutinit.evaluation.extract_features` reads. The loaders can be
     iterated again for every evaluation.
 
+    With the default (ImageNet) ``mean`` / ``std`` the images are uint8 (decoded, resized and
+    cropped in ``num_workers`` DataLoader workers; :func:`~hub_cutinit.evaluation.extract_features`
+    normalises them on the model's device, as training does with ``normalize_views``: the same
+    numbers, a quarter of the bytes); other statistics give float images normalised in the
+    workers. Workers read the same examples as one process (see :func:`eval_source`).
+
     Example:
         >>> bank, test = build_eval_loaders("builtin", image_size=28, max_samples=64)
-        >>> next(iter(bank))["image"].shape
-        torch.Size([64, 3, 28, 28])
+        >>> batch = next(iter(bank))
+        >>> batch["image"].shape, batch["image"].dtype
+        (torch.Size([64, 3, 28, 28]), torch.uint8)
     """
     loaders = []
     for split in (train_split, eval_split):
@@ -218,6 +251,70 @@ def build_eval_loaders(
     return loaders[0], loaders[1]
 
 
+def eval_image_transform(
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> EvalTransform:
+    """The evaluation loaders' transform: RGB, resize, centre crop, as uint8 ``(3, H, W)``
+    for the default (ImageNet) statistics, else :func:`make_eval_transform`'s float tensor.
+
+    :func:`~hub_cutinit.evaluation.extract_features` normalises uint8 images on the device with
+    the default statistics (``normalize_views``' kernels: the numbers of the float transform).
+
+    Example:
+        >>> from PIL import Image
+        >>> image = Image.new("L", (28, 28), 200)
+        >>> u8 = eval_image_transform(32)(image)
+        >>> u8.dtype, tuple(u8.shape)
+        (torch.uint8, (3, 32, 32))
+        >>> from hub_cutinit.data.transforms import normalize_views
+        >>> torch.equal(normalize_views([u8[None]])[0][0], make_eval_transform(32)(image))
+        True
+    """
+    if tuple(mean) != IMAGENET_MEAN or tuple(std) != IMAGENET_STD:
+        return make_eval_transform(image_size, mean, std)
+    ops = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), v2.ToImage()]
+    return EvalTransform(v2.Compose(ops))
+
+
+def eval_source(ds: Any, max_samples: int | None, num_workers: int) -> Any:
+    """``ds`` (its first ``max_samples`` examples) split into enough shards for ``num_workers``
+    DataLoader workers, holding the same examples whatever ``num_workers`` is.
+
+    ``datasets`` splits a ``take(n)`` between workers (``n / workers`` from each worker's
+    shards: other images than the first ``n``), so with workers the first ``max_samples``
+    raw (undecoded) rows are read once into memory and cut into row ranges. Without
+    ``max_samples``, a source with fewer shards than workers is resharded when it can be
+    (Parquet: one shard per row group); workers beyond its shards get no data.
+
+    Example:
+        >>> ds, _, _ = resolve_dataset("builtin", "test")
+        >>> eval_source(ds, 100, num_workers=4).num_shards, eval_source(ds, None, 4).num_shards
+        (4, 4)
+    """
+    if max_samples is not None:
+        ds = ds.take(max_samples)
+        if num_workers < 1:
+            return ds
+        import datasets
+        import pyarrow as pa
+
+        tables = list(ds.with_format("arrow").iter(batch_size=1024))
+        features = ds.features
+        table = pa.concat_tables(tables) if tables else None
+        if table is None or len(table) == 0:
+            return ds
+        rows = datasets.Dataset(table, info=datasets.DatasetInfo(features=features))
+        return rows.to_iterable_dataset(num_shards=min(len(rows), num_workers))
+    if ds.num_shards < num_workers:
+        try:
+            ds = ds.reshard()
+        except (NotImplementedError, ValueError, TypeError):
+            pass
+    return ds
+
+
 def _eval_loader(
     ds: Any,
     image_col: str,
@@ -229,18 +326,20 @@ def _eval_loader(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> SSLDataLoader:
+    """An evaluation loader: labelled rows only, the first ``max_samples``, uint8 images
+    (default statistics) decoded in ``num_workers`` workers (at most one per shard)."""
     if label_col is not None:  # a row without a label cannot be scored by kNN / a probe
         ds = ds.filter(lambda example, col=label_col: example[col] is not None)
-    if max_samples is not None:
-        ds = ds.take(max_samples)
+    ds = eval_source(ds, max_samples, num_workers)
     stream = SSLImageStream(
         ds,
-        make_eval_transform(image_size, mean, std),
+        eval_image_transform(image_size, mean, std),
         image_column=image_col,
         label_column=label_col,
         shuffle=False,
     )
-    return make_eval_loader(stream, batch_size, num_workers=num_workers)
+    workers = min(num_workers, stream.num_shards)
+    return make_eval_loader(stream, batch_size, num_workers=workers)
 
 
 def count_examples(stream_or_dataset: Any) -> int | None:
@@ -450,6 +549,15 @@ def dataset_label(spec: str) -> str:
     return Path(path).name if os.path.exists(path) else spec
 
 
+def _eval_workers(num_workers: int | None) -> int:
+    """``num_workers``, or :func:`default_num_workers` of this machine (CUDA when it has one)."""
+    if num_workers is not None:
+        return max(0, int(num_workers))
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return default_num_workers(device_type, processes_per_node=per_node)
+
+
 def _split_missing(err: Exception, split: str) -> bool:
     return isinstance(err, ValueError) and f"split {split!r} not found" in str(err)
 
@@ -470,6 +578,7 @@ def plan_evaluation(
     seed: int = 0,
     max_samples: int | None = None,
     batch_size: int = 256,
+    num_workers: int | None = None,
 ) -> EvalPlan:
     """Choose the kNN evaluation data from what the data offers; never fail on unlabelled data.
 
@@ -485,6 +594,11 @@ def plan_evaluation(
       add ``--eval-dataset``. Labels asked for explicitly (``label_column``, a non-default
       ``eval_split``, an ``eval_dataset``) but absent raise ``ValueError`` naming the flag;
     - ``eval_split=None``: no evaluation.
+
+    The loaders yield uint8 images decoded in ``num_workers`` DataLoader workers per process
+    (default: :func:`default_num_workers` of this machine's device, ``LOCAL_WORLD_SIZE``
+    processes per node; 0 on CPU), normalised on the device by
+    :func:`~hub_cutinit.evaluation.extract_features`.
 
     Example:
         >>> plan = plan_evaluation("builtin", image_size=28, max_samples=64)
@@ -522,7 +636,7 @@ def plan_evaluation(
         label_col,
         held_out_fraction,
         seed,
-        (image_size, max_samples, batch_size),
+        (image_size, max_samples, batch_size, _eval_workers(num_workers)),
         train_data=not separate,
     )
 
@@ -535,7 +649,7 @@ def _labelled_plan(
     label_col: str,
     fraction: float,
     seed: int,
-    loader_args: tuple[int, int | None, int],
+    loader_args: tuple[int, int | None, int, int],
     *,
     train_data: bool,
 ) -> EvalPlan:
@@ -580,7 +694,7 @@ def _held_out_plan(
     label_col: str,
     fraction: float,
     seed: int,
-    loader_args: tuple[int, int | None, int],
+    loader_args: tuple[int, int | None, int, int],
     *,
     train_data: bool,
 ) -> EvalPlan:

@@ -37,6 +37,20 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, IterableDataset, Value
 
+__all__ = [
+    "BUILTIN_NAMES",
+    "ID_COLUMN_NAMES",
+    "IMAGE_COLUMN_NAMES",
+    "IMAGE_EXTENSIONS",
+    "LABEL_COLUMN_NAMES",
+    "builtin_dataset_dir",
+    "class_names",
+    "detect_columns",
+    "num_examples",
+    "resolve_dataset",
+]
+
+
 BUILTIN_NAMES: tuple[str, ...] = ("builtin", "builtin:fashion_mnist")
 IMAGE_COLUMN_NAMES: tuple[str, ...] = ("image", "img", "pixel_values", "images", "jpg", "png")
 LABEL_COLUMN_NAMES: tuple[str, ...] = ("label", "labels", "fine_label", "class", "target")

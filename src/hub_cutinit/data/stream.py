@@ -67,6 +67,21 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from hub_cutinit.data.resolve import ID_COLUMN_NAMES, num_examples
 from hub_cutinit.data.transforms import to_rgb
 
+__all__ = [
+    "MAX_CORRUPT_EXAMPLES",
+    "SSLDataLoader",
+    "SSLImageStream",
+    "StreamReadError",
+    "TRAILING_CORRUPT",
+    "collate_samples",
+    "corrupt_example_name",
+    "decode_image",
+    "make_eval_loader",
+    "make_train_loader",
+    "shard_eval_loader",
+]
+
+
 logger = logging.getLogger(__name__)
 
 _HF_IMAGE = datasets.Image()  # decoder for {"bytes", "path"} values (local or remote paths)

@@ -28,6 +28,19 @@ from torchvision.transforms import v2
 
 from hub_cutinit.registry import get_method_class
 
+__all__ = [
+    "EvalTransform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ViewTransform",
+    "local_crop_size",
+    "make_eval_transform",
+    "make_view_transform",
+    "normalize_views",
+    "to_rgb",
+]
+
+
 if TYPE_CHECKING:
     from hub_cutinit.methods.base import SSLModel
 

@@ -17,3 +17,5 @@ Example:
     >>> len(sweep_grid(SweepConfig(methods=["simclr"], cs=[1, 3], seeds=[0, 1])))
     4
 """
+
+__all__: list[str] = []  # the submodules are the API

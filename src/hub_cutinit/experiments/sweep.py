@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from hub_cutinit.atomic import write_json_atomic, write_text_atomic
-from hub_cutinit.cli_args import ALL_METHODS, parse_set
+from hub_cutinit.set_flag import ALL_METHODS, parse_set
 from hub_cutinit.experiments.plots import plot_curves, plot_weight_decay
 from hub_cutinit.experiments.tables import (
     epoch_rows,

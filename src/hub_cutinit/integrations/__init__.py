@@ -4,3 +4,5 @@
 ``transformers.TrainerCallback`` built on :class:`hub_cutinit.convergence_monitor.ConvergenceMonitor`.
 Each integration imports its framework only when imported itself.
 """
+
+__all__: list[str] = []  # the submodules are the API

@@ -23,6 +23,9 @@ from hub_cutinit.losses import symmetric_negative_cosine
 from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
 from hub_cutinit.registry import register_method
 
+__all__ = ["BYOL", "SimSiam"]
+
+
 _PREDICTIVE_DEFAULTS = {
     **COMMON_DEFAULTS,
     "c": 9.0,

@@ -33,6 +33,8 @@ from hub_cutinit.losses import DINOLoss
 from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput, ViewSpec
 from hub_cutinit.registry import register_method
 
+__all__ = ["DINO"]
+
 
 @register_method
 class DINO(SSLModel):

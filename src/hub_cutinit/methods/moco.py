@@ -26,6 +26,8 @@ from hub_cutinit.losses import moco_infonce
 from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput
 from hub_cutinit.registry import register_method
 
+__all__ = ["MoCo"]
+
 
 @register_method
 class MoCo(SSLModel):

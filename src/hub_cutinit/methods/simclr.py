@@ -17,6 +17,8 @@ from hub_cutinit.losses import NTXentLoss
 from hub_cutinit.methods.base import COMMON_DEFAULTS, SSLModel, SSLOutput
 from hub_cutinit.registry import register_method
 
+__all__ = ["SimCLR"]
+
 
 @register_method
 class SimCLR(SSLModel):

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hub_cutinit.cli_args import parse_set
+from hub_cutinit.set_flag import parse_set
 from hub_cutinit.registry import check_run, get_method_defaults, list_methods
 from hub_cutinit.training.callbacks import import_callback
 
