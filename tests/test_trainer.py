@@ -263,7 +263,7 @@ def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_pat
     """The committed study's flags reach the recipe (a default lost on the way is a wrong study)."""
     from hub_cutinit.experiments.convergence import StudyConfig, build_parser, train_argv
 
-    args = vars(build_parser().parse_args(["--out-dir", str(tmp_path)]))
+    args = vars(build_parser().parse_args(["--out-dir", str(tmp_path), "--", "--knn-k", "50"]))
     args.pop("lr")
     assert args.pop("report_only") is False
     cfg = StudyConfig(**args)
@@ -275,8 +275,13 @@ def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_pat
         "output_stride": 8,
     }
     assert parsed.c == 1 and parsed.normalized_lr_scale == 81
-    assert parsed.ema_schedule == "constant" and parsed.cosine_epochs == 80
-    assert parsed.lr == 0.04 and parsed.weight_decay == 5e-4
+    assert parsed.ema_schedule == "constant" and parsed.cosine_epochs == 60
+    # the paper's 0.04 at its batch 512, scaled to batch 64 by the linear rule
+    assert parsed.lr == 0.04 * 64 / 512 and parsed.weight_decay == 5e-4
+    assert parsed.warmup_epochs == 2 and parsed.epochs == 6 and parsed.eval_every == 39
+    assert parsed.knn_k == 50  # flags after -- reach every run
+    spare = parse_args("simsiam", train_argv(cfg, "simsiam", "cut-spare-bias", 0, tmp_path / "s"))
+    assert spare.c == 9 and spare.cut_spare == ["bias"]
 
 
 def test_compile_trains_one_step_like_the_eager_model() -> None:

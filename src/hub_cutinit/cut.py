@@ -34,9 +34,24 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["CUT_SCOPES", "cut_init", "cut_targets", "get_cut_factor", "validate_c"]
+__all__ = ["CUT_SCOPES", "SPARE_KINDS", "cut_init", "cut_targets", "get_cut_factor", "validate_c"]
 
 CUT_SCOPES = ("all", "heads", "last")
+#: Kinds of parameters a cut can leave untouched (``spare=``): the biases of convolution and
+#: linear layers (``"bias"``), and the shift (``"norm_shift"``) and scale (``"norm_scale"``) of
+#: normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm).
+SPARE_KINDS = ("bias", "norm_shift", "norm_scale")
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 #: Attribute on the model recording the product of the factors applied.
 CUT_ATTRIBUTE = "cut_init_c"
@@ -126,12 +141,32 @@ def _scope_prefixes(model: nn.Module, scope: str, fixed: set[str]) -> list[str] 
     return prefixes
 
 
+def _kind(model: nn.Module, name: str) -> str:
+    """``"bias"``, ``"norm_shift"``, ``"norm_scale"`` or ``"weight"`` (everything else)."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    if isinstance(module, _NORMS):
+        return {"bias": "norm_shift", "weight": "norm_scale"}.get(attr, "weight")
+    return "bias" if attr == "bias" else "weight"
+
+
+def _check_spare(spare: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(spare) - set(SPARE_KINDS))
+    if isinstance(spare, str) or unknown:
+        raise ValueError(
+            f"spare must be a list of {list(SPARE_KINDS)}, got {spare!r}; e.g. spare=['bias'] "
+            "leaves the biases of linear and convolution layers uncut."
+        )
+    return tuple(spare)
+
+
 def cut_targets(
     model: nn.Module,
     *,
     scope: str = "all",
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    spare: Sequence[str] = (),
 ) -> list[str]:
     """Names of the tensors :func:`cut_init` would divide, without changing anything.
 
@@ -142,7 +177,10 @@ def cut_targets(
         >>> import torch.nn as nn
         >>> cut_targets(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), exclude="1.*")
         ['0.weight', '0.bias']
+        >>> cut_targets(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), spare=["bias"])
+        ['0.weight', '1.weight', '1.bias']
     """
+    spared = _check_spare(spare)
     if scope not in CUT_SCOPES:
         raise ValueError(f"Unknown scope {scope!r}; use one of {CUT_SCOPES}.")
     includes, excludes = _as_patterns(include, "include"), _as_patterns(exclude, "exclude")
@@ -176,11 +214,16 @@ def cut_targets(
             return False
         if includes and not any(fnmatch.fnmatchcase(name, p) for p in includes):
             return False
+        if spared and _kind(model, name) in spared:
+            return False
         return not any(fnmatch.fnmatchcase(name, p) for p in excludes)
 
     targets = [n for n in candidates if selected(n)]
     if not targets:
-        detail = f"scope={scope!r}, include={includes or None}, exclude={excludes or None}"
+        detail = (
+            f"scope={scope!r}, include={includes or None}, exclude={excludes or None}, "
+            f"spare={list(spared) or None}"
+        )
         raise ValueError(
             f"cut_init matched no parameter ({detail}). Check the patterns against "
             f"model.named_parameters(), e.g. {candidates[:3]}."
@@ -268,6 +311,7 @@ def cut_init(
     scope: str = "all",
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
+    spare: Sequence[str] = (),
     force: bool = False,
 ) -> nn.Module:
     """Divide the model's floating-point parameters by ``c`` in place and record ``c``.
@@ -280,6 +324,10 @@ def cut_init(
             linear layer of each head).
         include: glob patterns (``fnmatch``) on parameter names; if given, only matches are cut.
         exclude: glob patterns of parameter names to leave untouched.
+        spare: kinds of parameters to leave untouched, from :data:`SPARE_KINDS`: ``["bias"]``
+            is the bias-sparing cut (a stack of k cut layers shrinks ``W·x`` by ``c⁻ᵏ`` but a
+            cut bias only by ``c⁻¹``, so at init the paper's cut makes the output mostly the
+            same bias vector for every input); add ``"norm_shift"`` to spare BN/LN shifts too.
         force: allow cutting a model that was already cut; the recorded factor multiplies.
 
     Returns:
@@ -303,7 +351,7 @@ def cut_init(
             f"This model was already cut-initialised with c={previous}. Cutting twice compounds "
             "the factor; pass force=True if that is what you want."
         )
-    targets = cut_targets(model, scope=scope, include=include, exclude=exclude)
+    targets = cut_targets(model, scope=scope, include=include, exclude=exclude, spare=spare)
     _check_representable(model, targets, c)
 
     if c != 1.0:

@@ -17,6 +17,7 @@ import copy
 import difflib
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 import hub_cutinit.methods  # noqa: F401  (registers the built-in methods)
@@ -26,7 +27,12 @@ from hub_cutinit.registry import get_method_class
 if TYPE_CHECKING:
     from hub_cutinit.methods.base import SSLModel
 
-__all__ = ["create_backbone", "create_ssl_model"]
+__all__ = [
+    "backbone_kwargs_for",
+    "create_backbone",
+    "create_ssl_model",
+    "supports_dynamic_img_size",
+]
 
 
 def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -38,6 +44,14 @@ def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn
     """
     import timm
 
+    _check_timm_name(name)
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def _check_timm_name(name: object) -> None:
+    """Raise a ValueError naming close timm models when ``name`` is not one."""
+    import timm
+
     if not isinstance(name, str) or not timm.is_model(name):
         candidates = timm.list_models(f"*{name}*")[:8] if isinstance(name, str) else []
         candidates = candidates or difflib.get_close_matches(str(name), timm.list_models(), n=5)
@@ -45,7 +59,52 @@ def create_backbone(name: str, *, pretrained: bool = False, **kwargs: Any) -> nn
             f"Unknown timm backbone {name!r}. Pick a name from timm.list_models()"
             + (f", e.g. {candidates}." if candidates else ".")
         )
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def supports_dynamic_img_size(name: str, **kwargs: Any) -> bool:
+    """Whether the timm model ``name`` (built with ``kwargs``) takes ``dynamic_img_size=True``
+    and does not have it on yet: timm's ViTs and relatives (``VisionTransformer``, DeiT, EVA,
+    Swin). The probe is built on the meta device (no memory, no download).
+
+    Example:
+        >>> supports_dynamic_img_size("vit_tiny_patch16_224"), supports_dynamic_img_size("resnet18")
+        (True, False)
+    """
+    import timm
+
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except Exception:  # some models cannot be built on the meta device: build on the CPU
+        probe = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    return getattr(probe, "dynamic_img_size", None) is False
+
+
+def backbone_kwargs_for(cls: type[SSLModel], name: str, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The timm keyword arguments of the backbone ``name`` for a method with ``hparams``.
+
+    ``hparams["backbone_kwargs"]``, plus ``dynamic_img_size=True`` when the method trains on
+    local views (multi-crop: smaller than the global ones) and the backbone is a timm ViT that
+    would otherwise refuse any input size but the one it was built for. A value the user set
+    is kept. The result goes back into ``hparams`` so the saved ``config.json``
+    (``model_args``) rebuilds the same model.
+
+    Example:
+        >>> from hub_cutinit.methods.dino import DINO
+        >>> hp = {**DINO.defaults, "backbone_kwargs": {"img_size": 32, "patch_size": 4}}
+        >>> backbone_kwargs_for(DINO, "vit_tiny_patch16_224", hp)
+        {'img_size': 32, 'patch_size': 4, 'dynamic_img_size': True}
+        >>> backbone_kwargs_for(DINO, "resnet18", {**DINO.defaults})
+        {}
+    """
+    kwargs = dict(hparams.get("backbone_kwargs") or {})
+    if (
+        cls.view_spec(hparams).num_local > 0
+        and "dynamic_img_size" not in kwargs
+        and supports_dynamic_img_size(name, **kwargs)
+    ):
+        kwargs["dynamic_img_size"] = True
+    return kwargs
 
 
 def _resolve_hparams(cls: type[SSLModel], method: str, overrides: dict[str, Any]) -> dict:
@@ -93,9 +152,9 @@ def create_ssl_model(
 
     if isinstance(backbone, str):
         backbone_name: str | None = backbone
-        module = create_backbone(
-            backbone, pretrained=pretrained, **(hparams["backbone_kwargs"] or {})
-        )
+        _check_timm_name(backbone)
+        hparams["backbone_kwargs"] = backbone_kwargs_for(cls, backbone, hparams)
+        module = create_backbone(backbone, pretrained=pretrained, **hparams["backbone_kwargs"])
     elif isinstance(backbone, nn.Module):
         backbone_name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
         module = backbone
@@ -104,5 +163,5 @@ def create_ssl_model(
             f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}."
         )
     model = cls(module, hparams, backbone_name=backbone_name)
-    cut_init(model, c, scope=hparams["cut_scope"])
+    cut_init(model, c, scope=hparams["cut_scope"], spare=hparams.get("cut_spare") or ())
     return model

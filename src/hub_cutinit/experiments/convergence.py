@@ -1,15 +1,23 @@
-"""The convergence study: when does cut-initialisation speed up SSL training? (PAPER §9)
+"""The convergence study: when does cut-initialisation speed up SSL training? (PAPER §9, §10)
 
-For every method it trains three variants from the same seeds, in the paper's regime (warm-up,
-a cosine horizon much longer than the run so the lr stays nearly constant, the paper's
-Nesterov and EMA choices, full-bank kNN):
+For every method it trains variants from the same seeds (the same data order and views), in a
+regime fair to the cut (PAPER §10): the paper's peak lr scaled to the batch by the linear rule
+(``paper_lrs × batch / paper_batch_size``), a linear warm-up whose lr increment per step matches
+the paper's, a run at least twice the warm-up, a cosine horizon ten times the run (the nearly
+constant-lr start of a long schedule), the paper's Nesterov and EMA choices, full-bank kNN with
+re-estimated BatchNorm statistics (``--knn-bn precise``):
 
 - ``c1``: no cut;
-- ``cut``: the method's cut factor c (3 contrastive, 9 non-contrastive);
+- ``cut``: the method's cut factor c (3 contrastive, 9 non-contrastive), every parameter;
+- ``cut-spare-bias``: the same cut, biases of linear and convolution layers left alone
+  (``--cut-spare bias``): separates the norm effect from the biases dominating the cut heads;
 - ``c1-lr``: no cut, but the weights that a BatchNorm normalises get ``lr × c²`` (and
   ``λ / c²``) — the learning-rate control. For those scale-invariant weights this is exactly the
   cut's dynamics, so whatever ``cut`` gains over ``c1-lr`` comes from the other parameters
   (BN affine, biases, the un-normalised last layers).
+
+The summary pairs every variant with ``c1`` of the same seed: the mean paired difference, its
+standard deviation and a paired t-test.
 
 Each run lives in ``runs_dir/<method>_<variant>_seed<s>/`` with ``result.json`` written last
 (a repeated command skips finished runs). Outputs in ``out_dir``: ``study.csv`` (one row per
@@ -44,7 +52,9 @@ from hub_cutinit.registry import get_method_defaults, get_preset
 __all__ = ["StudyConfig", "run_study", "study_rows", "summarise", "main", "VARIANTS"]
 
 #: The variants of every method, in plotting order.
-VARIANTS = ("c1", "cut", "c1-lr")
+VARIANTS = ("c1", "cut", "cut-spare-bias", "c1-lr")
+#: The paper's effective peak lrs (PAPER §9: base² from its LambdaLR), at its batch size.
+PAPER_LRS = {"simclr": 0.36, "moco": 0.36, "simsiam": 0.04, "byol": 0.04}
 #: Embeddings whose norm and angle the CSV keeps.
 EMBEDDINGS = ("backbone", "projection", "prediction")
 
@@ -55,7 +65,7 @@ class StudyConfig:
 
     methods: Sequence[str] = ("simclr", "simsiam", "byol")
     seeds: Sequence[int] = (0, 1, 2)
-    variants: Sequence[str] = VARIANTS
+    variants: Sequence[str] = ("c1", "cut", "cut-spare-bias")
     #: a ResNet-18 at 1/4 width with a 4×4 final map at 32 px (dilated last stages), 5,000
     #: images, 8 epochs: what a 2-core CPU trains 27 times in ~90 minutes
     backbone: str = "resnet18"
@@ -67,18 +77,25 @@ class StudyConfig:
     dataset: str = "builtin"
     #: train on the first N training images (the kNN bank is the same N); None: all of them
     max_train_examples: int | None = 5000
-    epochs: int = 8
+    #: three times the warm-up
+    epochs: int = 6
     max_steps: int | None = None
     batch_size: int = 64
-    warmup_epochs: float = 1.0
+    #: 156 steps at batch 64: with the linearly scaled lr the lr grows by about the paper's
+    #: increment per step (0.36 / ~1,000 steps for SimCLR)
+    warmup_epochs: float = 2.0
     #: ten times the run: the run is the nearly-constant-lr start of a long schedule (PAPER §9)
-    cosine_epochs: float | None = 80.0
+    cosine_epochs: float | None = 60.0
     weight_decay: float = 5e-4
-    #: peak lr per method: the paper's effective values (PAPER §9: base² from its LambdaLR)
-    lrs: dict[str, float] = field(
-        default_factory=lambda: {"simclr": 0.36, "moco": 0.36, "simsiam": 0.04, "byol": 0.04}
-    )
+    #: the batch the paper's peak lrs belong to (its range is 256-1,024: the middle)
+    paper_batch_size: int = 512
+    #: peak lr per method at ``paper_batch_size``; a run uses ``lr × batch / paper_batch_size``
+    paper_lrs: dict[str, float] = field(default_factory=lambda: dict(PAPER_LRS))
+    #: peak lr per method as given, instead of the scaled paper value
+    lrs: dict[str, float] = field(default_factory=dict)
     eval_every_epochs: int = 1
+    #: kNN every N steps (0: every ``eval_every_epochs`` epochs instead)
+    eval_every: int = 39
     knn_k: int = 200
     threads: int = 1
     #: further recipe flags for every run (e.g. ``["--mixed-precision", "bf16"]`` on a GPU)
@@ -93,6 +110,14 @@ class StudyConfig:
 
     def runs_path(self) -> Path:
         return Path(self.runs_dir or Path(self.out_dir) / "runs")
+
+    def lr(self, method: str) -> float | None:
+        """The run's peak lr: as given, else the paper's scaled by the linear rule."""
+        if method in self.lrs:
+            return self.lrs[method]
+        if method in self.paper_lrs:
+            return self.paper_lrs[method] * self.batch_size / self.paper_batch_size
+        return None  # the method's own default (base_lr × batch / 256)
 
 
 def _cut_factor(method: str) -> float:
@@ -124,15 +149,21 @@ def train_argv(cfg: StudyConfig, method: str, variant: str, seed: int, out: Path
     if cfg.cosine_epochs:
         argv += ["--cosine-epochs", str(cfg.cosine_epochs)]
     argv += ["--weight-decay", str(cfg.weight_decay), "--seed", str(seed)]
-    if method in cfg.lrs:
-        argv += ["--lr", str(cfg.lrs[method])]
-    argv += ["--c", "1" if variant != "cut" else f"{c:g}"]
+    lr = cfg.lr(method)
+    if lr is not None:
+        argv += ["--lr", f"{lr:g}"]
+    argv += ["--c", f"{c:g}" if variant.startswith("cut") else "1"]
+    if variant == "cut-spare-bias":
+        argv += ["--cut-spare", "bias"]
     if variant == "c1-lr":
         argv += ["--normalized-lr-scale", f"{c * c:g}"]
     if get_method_defaults(method).get("momentum") is not None:
         argv += ["--ema-schedule", "constant"]  # the paper's BYOL (PAPER §9)
     argv += ["--knn-k", str(cfg.knn_k), "--log-every", "5", "--output-dir", str(out)]
-    argv += ["--eval-every-epochs", str(cfg.eval_every_epochs)]
+    if cfg.eval_every:
+        argv += ["--eval-every", str(cfg.eval_every)]
+    else:
+        argv += ["--eval-every-epochs", str(cfg.eval_every_epochs)]
     overrides = {**get_preset(method, cfg.heads)}
     if cfg.backbone_kwargs:
         overrides["backbone_kwargs"] = cfg.backbone_kwargs
@@ -329,6 +360,102 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def t_test_p(t: float, dof: int) -> float:
+    """Two-sided p-value of Student's t with ``dof`` degrees of freedom (numerical integral).
+
+    Example:
+        >>> round(t_test_p(4.303, 2), 3)  # the 95 % critical value at 2 degrees of freedom
+        0.05
+    """
+    if dof < 1 or math.isnan(t):
+        return math.nan
+    import numpy as np
+
+    x = np.linspace(0.0, abs(t), 20001)
+    log_c = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    pdf = np.exp(log_c - (dof + 1) / 2 * np.log1p(x * x / dof))
+    inner = float(np.sum((pdf[1:] + pdf[:-1]) / 2 * np.diff(x)))
+    return max(0.0, 1.0 - 2.0 * inner)
+
+
+def _curve_mean(points: Sequence[tuple[int, float]]) -> float:
+    """The kNN curve's mean over the run (area under it / steps): faster convergence is higher."""
+    area = sum(
+        (s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in zip(points, points[1:], strict=False)
+    )
+    return area / max(points[-1][0] - points[0][0], 1)
+
+
+def paired_differences(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every variant against ``c1`` of the same seed (same data order and views).
+
+    Per metric (final kNN, kNN at ½ run, the curve's mean over the run): the mean paired
+    difference, its sample standard deviation, ``n`` pairs, and a two-sided paired t-test.
+    """
+    curves: dict[tuple[str, str, int], list[tuple[int, float]]] = {}
+    for r in rows:
+        key = (r["method"], r["variant"], r["seed"])
+        curves.setdefault(key, []).append((r["step"], r["knn_accuracy"]))
+    for points in curves.values():
+        points.sort()
+    metrics = {
+        "final": lambda pts: pts[-1][1],
+        "half": lambda pts: _accuracy_at(pts, pts[-1][0] / 2),
+        "curve_mean": _curve_mean,
+    }
+    out = []
+    pairs = sorted(
+        {(m, v) for m, v, _ in curves if v != "c1"}, key=lambda k: (k[0], VARIANTS.index(k[1]))
+    )
+    for method, variant in pairs:
+        seeds = [s for m, v, s in curves if (m, v) == (method, variant) and (m, "c1", s) in curves]
+        row: dict[str, Any] = {"method": method, "variant": variant, "pairs": len(seeds)}
+        for name, metric in metrics.items():
+            diffs = [
+                metric(curves[(method, variant, s)]) - metric(curves[(method, "c1", s)])
+                for s in sorted(seeds)
+            ]
+            mean, std, n = _mean_std(diffs)
+            t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else math.nan
+            row[name] = {
+                "mean": mean,
+                "std": std,
+                "n": n,
+                "t": t,
+                "p": t_test_p(t, n - 1),
+                "diffs": diffs,
+            }
+        out.append(row)
+    return out
+
+
+def paired_markdown(paired: Sequence[Mapping[str, Any]]) -> str:
+    """The paired differences (variant − c1, percentage points) in Markdown."""
+    lines = [
+        "| method | variant − c1 | final kNN (pp) | kNN at ½ run (pp) | curve mean (pp) | pairs |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(stat: Mapping[str, Any]) -> str:
+        if stat["n"] == 0:
+            return "–"
+        p = f", p = {stat['p']:.2f}" if not math.isnan(stat["p"]) else ""
+        return f"{100 * stat['mean']:+.1f} ± {100 * stat['std']:.1f}{p}"
+
+    for r in paired:
+        lines.append(
+            f"| {r['method']} | {r['variant']} | {cell(r['final'])} | {cell(r['half'])} | "
+            f"{cell(r['curve_mean'])} | {r['pairs']} |"
+        )
+    lines.append("")
+    lines.append(
+        "Mean ± sample std of the per-seed differences; p: two-sided paired t-test "
+        "(n − 1 degrees of freedom). Curve mean: the kNN curve's average over the run "
+        "(area under it per step), a convergence-speed measure."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def loss_embedding(rows: Sequence[Mapping[str, Any]]) -> str:
     """The embedding the loss sees: ``prediction`` for BYOL/SimSiam, else ``projection``."""
     return "prediction" if any(r.get("norm_prediction") for r in rows) else "projection"
@@ -446,11 +573,33 @@ def write_outputs(cfg: StudyConfig, payloads: Sequence[Mapping[str, Any]]) -> li
     _write_csv(rows, out / "study.csv")
     _write_csv(summary, out / "summary.csv")
     write_text_atomic(out / "throughput.json", json.dumps(throughput(payloads), indent=1) + "\n")
-    write_text_atomic(out / "summary.md", summary_markdown(summary, baselines))
+    paired = paired_differences(rows)
+    write_text_atomic(
+        out / "summary.md", summary_markdown(summary, baselines) + "\n" + paired_markdown(paired)
+    )
+    write_text_atomic(out / "paired.json", json.dumps(paired, indent=1) + "\n")
+    write_text_atomic(out / "runs.json", json.dumps(run_flags(payloads), indent=1) + "\n")
     paths = [out / "study.csv", out / "summary.csv", out / "summary.md", out / "throughput.json"]
+    paths += [out / "paired.json", out / "runs.json"]
     if rows:
         paths.append(save_figure(convergence_figure(payloads), out / "curves.png"))
     return paths
+
+
+#: Result entries that are measurements, not settings (left out of ``runs.json``).
+_MEASUREMENTS = ("knn", "convergence", "norm_history", "final_norms", "last_step", "baselines")
+
+
+def run_flags(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per run: the recipe flags it was given and every setting as resolved (its run record)."""
+    return [
+        {
+            "run": f"{p['method']}_{p['variant']}_seed{p['seed']}",
+            "argv": list(p["argv"]),
+            "resolved": {k: v for k, v in p["result"].items() if k not in _MEASUREMENTS},
+        }
+        for p in payloads
+    ]
 
 
 def throughput(payloads: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -566,6 +715,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="peak lr per method")
     p.add_argument("--eval-every-epochs", type=int, default=d.eval_every_epochs)
+    p.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="kNN every N steps (0: per epoch)"
+    )
+    p.add_argument(
+        "--paper-batch-size",
+        type=int,
+        default=d.paper_batch_size,
+        help="the batch of the paper's peak lrs; runs use lr × batch / this (linear rule)",
+    )
+    p.add_argument(
+        "extra_args",
+        nargs="*",
+        metavar="-- RECIPE_FLAGS",
+        help="flags passed to every training run (after --), e.g. -- --mixed-precision bf16",
+    )
     p.add_argument("--knn-k", type=int, default=d.knn_k)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--out-dir", default=d.out_dir)
@@ -581,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``python recipes/convergence_study.py [flags]``."""
     args = vars(build_parser().parse_args(argv))
-    lrs = dict(StudyConfig().lrs)
+    lrs: dict[str, float] = {}
     for item in args.pop("lr"):
         method, _, value = item.partition("=")
         lrs[method] = float(value)

@@ -40,6 +40,7 @@ __all__ = [
 COMMON_DEFAULTS: dict[str, Any] = {
     "grad_scale_power": 0.0,  # GradScale p (extended paper); 0 = standard training
     "cut_scope": "all",  # scope passed to cut_init
+    "cut_spare": [],  # kinds of parameters cut_init leaves untouched (e.g. ["bias"])
     "num_global_views": 2,
     "num_local_views": 0,
     "backbone_kwargs": {},  # extra keyword arguments for timm.create_model

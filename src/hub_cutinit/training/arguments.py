@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hub_cutinit.set_flag import parse_set
+from hub_cutinit.cut import SPARE_KINDS
 from hub_cutinit.registry import check_run, get_method_defaults, list_methods
 from hub_cutinit.training.callbacks import import_callback
 
@@ -159,6 +160,12 @@ class TrainConfig:
         None, group="model and cut", check="positive",
         help="cut factor (default: the method's; 1 = no cut)",
     )  # fmt: skip
+    cut_spare: list[str] = setting(
+        group="model and cut", metavar="KIND", default_factory=list,
+        help="leave these kinds of parameters uncut: bias (of linear and convolution layers), "
+        "norm_shift, norm_scale (of BatchNorm/LayerNorm); default: none, the paper's cut of "
+        "every parameter. --cut-spare bias is the bias-sparing cut",
+    )  # fmt: skip
     grad_scale_power: float | None = setting(
         None, group="model and cut", metavar="P", check="finite",
         help="GradScale p (extended paper; default: the method's)",
@@ -265,6 +272,16 @@ class TrainConfig:
     knn_k: int = setting(
         200, group="evaluation", metavar="K", check="positive_int", help="neighbours for kNN"
     )
+    knn_bn: str = setting(
+        "precise", group="evaluation", choices=("precise", "running"),
+        help="BatchNorm statistics of the kNN monitor's backbone: 'precise' re-estimates them "
+        "on --knn-bn-batches bank batches (a copy; training is untouched), 'running' uses the "
+        "running averages as they are (a cut network's start at the wrong scale)",
+    )  # fmt: skip
+    knn_bn_batches: int = setting(
+        8, group="evaluation", metavar="N", check="positive_int",
+        help="batches of bank images that re-estimate the statistics with --knn-bn precise",
+    )  # fmt: skip
     knn_temperature: float = setting(
         0.1, group="evaluation", check="positive", cli=False, help="kNN weighting temperature"
     )
@@ -366,6 +383,7 @@ class TrainConfig:
                 f"Unknown --set key(s) {unknown} for {self.method}; valid: {sorted(defaults)}."
             )
         self.check_method()
+        _check_spare(self.cut_spare)
         for spec in self.callbacks:  # importable now, not after the set-up
             import_callback(spec)
 
@@ -417,9 +435,17 @@ class TrainConfig:
         overrides = dict(self.overrides)
         if self.grad_scale_power is not None:
             overrides["grad_scale_power"] = self.grad_scale_power
+        if self.cut_spare:
+            overrides["cut_spare"] = list(self.cut_spare)
         if self.ema_schedule is not None:
             overrides["momentum_schedule"] = self.ema_schedule
         return overrides
+
+
+def _check_spare(spare: Sequence[str]) -> None:
+    unknown = sorted(set(spare) - set(SPARE_KINDS))
+    if unknown:
+        raise ValueError(f"--cut-spare takes {list(SPARE_KINDS)}, got {unknown}.")
 
 
 def _flag(f: dataclasses.Field) -> str:
@@ -478,8 +504,11 @@ def _add_flag(group: _Group, f: dataclasses.Field) -> None:
     if f.name == "overrides":
         group.add_argument(flag, nargs="*", default=[], metavar=meta["metavar"], **kwargs)
         return
-    if f.type == "list[str]":
+    if f.type == "list[str]" and meta["choices"] is None and f.name == "callbacks":
         group.add_argument(flag, action="append", default=[], metavar=meta["metavar"], **kwargs)
+        return
+    if f.type == "list[str]":
+        group.add_argument(flag, nargs="+", default=[], metavar=meta["metavar"], **kwargs)
         return
     if f.type in ("bool", bool):
         action = "store_false" if f.default is True else "store_true"

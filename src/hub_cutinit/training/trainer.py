@@ -213,7 +213,14 @@ class Trainer:
                 data_lib.shard_eval_loader(loader, acc.process_index, acc.num_processes)
                 for loader in plan.loaders
             ]
-            self.knn = KnnMonitor(acc, shares, k=cfg.knn_k, temperature=cfg.knn_temperature)
+            self.knn = KnnMonitor(
+                acc,
+                shares,
+                k=cfg.knn_k,
+                temperature=cfg.knn_temperature,
+                bn=cfg.knn_bn,
+                bn_batches=cfg.knn_bn_batches,
+            )
         if plan.notice:
             acc.print(plan.notice)
         self.num_workers = self._resolve_num_workers()
