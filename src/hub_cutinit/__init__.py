@@ -9,7 +9,7 @@ Example:
     >>> backbone = cut_init(timm.create_model("resnet18", num_classes=0), c=3)
     >>> model = create_ssl_model("byol", "resnet18")  # heads + teacher, cut with c = 9
     >>> get_display_name("byol"), list_methods()
-    ('BYOL', ['byol', 'dino', 'moco', 'simclr', 'simsiam'])
+    ('BYOL', ['barlow_twins', 'byol', 'dino', 'moco', 'mocov3', 'simclr', 'simsiam', 'vicreg'])
 """
 
 import hub_cutinit.methods  # noqa: F401  (registers the built-in methods)

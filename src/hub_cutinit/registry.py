@@ -8,7 +8,7 @@ before anyone asks), and :mod:`hub_cutinit.factory` builds models from what the 
 Example:
     >>> from hub_cutinit.registry import get_method_defaults, get_preset, list_methods
     >>> list_methods()
-    ['byol', 'dino', 'moco', 'simclr', 'simsiam']
+    ['barlow_twins', 'byol', 'dino', 'moco', 'mocov3', 'simclr', 'simsiam', 'vicreg']
     >>> get_method_defaults("byol")["c"]
     9.0
     >>> get_preset("moco", "cpu")
