@@ -18,7 +18,9 @@ MODEL is one of
 Normalisation layers run as in training: BatchNorm uses the batch statistics (train mode),
 everything else (dropout, drop-path) is in eval mode. Under that convention a BatchNorm ResNet's
 features scale exactly by 1/c, and so do a ViT's (its final LayerNorm's affine is cut), up to
-the normalisation eps.
+the normalisation eps. For a timm ViT it also prints the attention entropy of every block at
+each c (next to ``log N`` of uniform attention): the cut shrinks the attention logits by about
+``c⁴``, so attention drifts towards uniform and the function changes.
 
 Example:
     >>> report = inspect_norms("test_resnet", batches=1, batch_size=4, image_size=32, cs=(1, 3))
@@ -33,9 +35,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +90,13 @@ def _read_config(spec: str) -> tuple[dict[str, Any], str] | None:
     return json.loads(Path(downloaded).read_text()), repo
 
 
-def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureModel, dict]:
+def load_feature_model(
+    spec: str, *, pretrained: bool = False, any_size: bool = False
+) -> tuple[FeatureModel, dict]:
     """Build the embedding model for ``spec`` (see the module docstring) and describe it.
+
+    ``any_size``: build a timm ViT named by ``spec`` with ``dynamic_img_size=True`` so it takes
+    images of another size than its own (its position embedding is resampled).
 
     Returns ``(model, info)``; ``info`` has ``kind`` (``"timm"`` / ``"transformers"``),
     ``output`` (which tensor is the embedding), ``input_size`` (or ``None``), ``mean``, ``std``.
@@ -117,7 +126,10 @@ def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureM
         net = timm.create_model(name, pretrained=True, num_classes=0)
     else:
         try:
-            net = timm.create_model(spec, pretrained=pretrained, num_classes=0)
+            kwargs: dict[str, Any] = (
+                {"dynamic_img_size": True} if any_size and _dynamic_size(spec) else {}
+            )
+            net = timm.create_model(spec, pretrained=pretrained, num_classes=0, **kwargs)
         except RuntimeError as err:  # timm: "Unknown model (...)"
             raise ValueError(
                 f"{spec!r} is not a timm model name, a folder or a Hub id ({err}); pass e.g. "
@@ -128,6 +140,15 @@ def load_feature_model(spec: str, *, pretrained: bool = False) -> tuple[FeatureM
     info = {"kind": "timm", "output": output}
     info.update(input_size=data["input_size"][-1], mean=data["mean"], std=data["std"])
     return FeatureModel(net, "timm", output), info
+
+
+def _dynamic_size(name: str) -> bool:
+    """Whether the timm model ``name`` takes ``dynamic_img_size`` (a ViT) and lacks it."""
+    import timm
+
+    from hub_cutinit.factory import supports_dynamic_img_size
+
+    return bool(timm.is_model(name)) and supports_dynamic_img_size(name)
 
 
 #: The BatchNorm layers (timm's ``BatchNormAct2d`` subclasses ``nn.BatchNorm2d``).
@@ -186,19 +207,28 @@ def inspect_norms(
     its square (angle per step, ∝ lr/‖z‖²), both relative to the first c (normally 1), and
     ``cos`` (mean cosine between the cut model's and the uncut model's embeddings). The model
     is copied for every c; its weights are never changed.
+
+    For a timm model with self-attention blocks (ViT, DeiT, EVA, …) each row also has
+    ``attention_entropy`` and ``attention_logit_std`` (one value per block, see
+    :mod:`hub_cutinit.attention`) and the report ``uniform_entropy`` (``log N``); other models
+    get nothing new.
     """
+    from hub_cutinit.attention import attention_modules, recording_attention
     from hub_cutinit.cut import cut_init
     from hub_cutinit.norms import row_norms
 
-    net, info = load_feature_model(model, pretrained=pretrained)
+    net, info = load_feature_model(model, pretrained=pretrained, any_size=image_size is not None)
     size = int(image_size or info["input_size"] or 224)
     images = _images(dataset, split, size, batches, batch_size, info)
-    rows: list[dict[str, float]] = []
+    rows: list[dict[str, Any]] = []
+    tokens = 0
     reference: list[torch.Tensor] | None = None
+    has_attention = info["kind"] == "timm" and bool(attention_modules(net))
     for c in cs:
         torch.manual_seed(seed)
         cut = cut_init(_training_norm_mode(copy.deepcopy(net)), c=float(c))
-        z = [cut(x).float() for x in images]
+        with recording_attention(cut) if has_attention else nullcontext() as attention:
+            z = [cut(x).float() for x in images]
         norms = torch.cat([row_norms(b) for b in z])
         reference = z if reference is None else reference
         cos = torch.cat(
@@ -206,12 +236,19 @@ def inspect_norms(
         )
         rows.append({"c": float(c), "mean": float(norms.mean()), "std": float(norms.std()),
                      "min": float(norms.min()), "max": float(norms.max()), "cos": float(cos.mean())})  # fmt: skip
+        if attention is not None:
+            rows[-1]["attention_entropy"] = attention.entropy
+            rows[-1]["attention_logit_std"] = attention.logit_std
+            tokens = attention.tokens
     for row in rows:
         row["grad_x"] = rows[0]["mean"] / row["mean"]
         row["step_x"] = row["grad_x"] ** 2
     num = sum(len(x) for x in images)
-    return {"model": model, "kind": info["kind"], "output": info["output"], "dataset": dataset,
-            "split": split, "image_size": size, "num_images": num, "rows": rows}  # fmt: skip
+    report = {"model": model, "kind": info["kind"], "output": info["output"], "dataset": dataset,
+              "split": split, "image_size": size, "num_images": num, "rows": rows}  # fmt: skip
+    if tokens:
+        report["uniform_entropy"] = math.log(tokens)
+    return report
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -247,7 +284,29 @@ def format_table(report: dict[str, Any]) -> str:
         "Large ‖z‖ slows convergence quadratically; a cut of c (with weight decay) or a c²× "
         "larger lr on normalised weights compensates."
     )
-    return "\n".join(lines)
+    return "\n".join(lines + _attention_lines(report))
+
+
+def _attention_lines(report: dict[str, Any]) -> list[str]:
+    """The per-block attention entropy table of a ViT report (nothing for other models)."""
+    if "uniform_entropy" not in report:
+        return []
+    rows = report["rows"]
+    blocks = len(rows[0]["attention_entropy"])
+    lines = [
+        "",
+        f"Attention entropy per block (nats, mean over images, heads and queries; uniform "
+        f"attention = log N = {report['uniform_entropy']:.4f}):",
+        f"{'c':>5s} " + " ".join(f"{'block ' + str(i):>9s}" for i in range(blocks)),
+    ]
+    for r in rows:
+        lines.append(f"{r['c']:5g} " + " ".join(f"{h:9.4f}" for h in r["attention_entropy"]))
+    lines.append(
+        "The cut divides queries and keys by about c² each, so attention logits shrink by about "
+        "c⁴ and attention tends to uniform (entropy → log N): unlike BatchNorm features, the "
+        "function changes."
+    )
+    return lines
 
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
