@@ -29,6 +29,7 @@ _SUBCOMMAND_MODULES: tuple[str, ...] = (
     "hub_cutinit.experiments.norm_confidence",
     "hub_cutinit.train",
     "hub_cutinit.inspect_norms",
+    "hub_cutinit.eval_backbone",
 )
 
 

@@ -34,6 +34,7 @@ from hub_cutinit.registry import get_display_name
 __all__ = [
     "render_model_card",
     "build_card",
+    "add_evaluation_result",
     "plot_norm_history",
     "load_template",
     "format_number",
@@ -296,6 +297,8 @@ def _eval_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, str]]:
     }
     for key, value in baselines.items():
         eval_rows.append((labels.get(key, f"baseline: {key}"), _accuracy(value)))
+    for record in evaluation.get("evaluations") or []:  # added by `hub-cutinit eval`
+        eval_rows.extend(_external_rows(record))
     return eval_rows
 
 
@@ -464,6 +467,7 @@ def build_card(
                     metric_value=float(value),
                 )
             )
+    eval_results += _external_eval_results(evaluation.get("evaluations") or [])
     card_data = ModelCardData(
         license=str(block.get("license") or "apache-2.0"),
         library_name="timm",
@@ -518,3 +522,112 @@ def render_model_card(out_dir: str | os.PathLike[str], *, repo_id: str | None = 
         convergence_plot_file=CONVERGENCE_PLOT_NAME if convergence else None,
     )
     return write_text_atomic(out_dir / CARD_NAME, str(card))
+
+
+# -- results of `hub-cutinit eval --update-card` ------------------------------------------------
+#: The metrics of an evaluation record, as the card names them.
+_EXTERNAL_METRICS = (
+    ("knn_accuracy", "kNN accuracy (k={k}, τ={temperature}, protocol {version})"),
+    ("linear_probe_accuracy", "linear probe accuracy (protocol {version})"),
+)
+
+
+def _metric_name(template: str, record: Mapping[str, Any]) -> str:
+    """A metric's name with the protocol version and any value changed from its defaults."""
+    changes = dict(record.get("protocol_changes") or {})
+    changes.pop("k", None)  # named in the kNN metric already
+    changes.pop("temperature", None)
+    suffix = "".join(f", {k}={v}" for k, v in sorted(changes.items()))
+    return template.format(**(record.get("protocol") or {})).replace(")", suffix + ")", 1)
+
+
+def _external_rows(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The card table's rows for one ``hub-cutinit eval`` record."""
+    data = record.get("data") or {}
+    source = str(data.get("source", data.get("dataset"))).removeprefix("kNN: ")
+    where = (
+        f"`hub-cutinit eval`, {source}, {data.get('bank_samples')} / "
+        f"{data.get('test_samples')} images"
+    )
+    rows = []
+    for key, name in _EXTERNAL_METRICS:
+        if isinstance(record.get(key), (int, float)):
+            rows.append((f"{_metric_name(name, record)}; {where}", _accuracy(record[key])))
+    names = {"random_init_knn": "random initialisation", "raw_pixels_knn": "raw pixels"}
+    for key, value in (record.get("baselines") or {}).items():
+        label = _metric_name(f"baseline: kNN, {names.get(key, key)} (protocol {{version}})", record)
+        rows.append((f"{label}; {where}", _accuracy(value)))
+    return rows
+
+
+def _external_eval_results(records: list[Mapping[str, Any]]) -> list[Any]:
+    """model-index entries (``EvalResult``) for the ``hub-cutinit eval`` records."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for record in records:
+        protocol, data = record.get("protocol") or {}, record.get("data") or {}
+        _, dataset_id = _dataset({"dataset": data.get("dataset")})
+        args = {"k": protocol.get("k"), "temperature": protocol.get("temperature")}
+        for key, name in _EXTERNAL_METRICS:
+            value = record.get(key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image classification on frozen features",
+                    dataset_type=dataset_id or "custom",
+                    dataset_name=dataset_id or str(data.get("dataset") or "custom"),
+                    dataset_split=data.get("eval_split"),
+                    metric_type="accuracy",
+                    metric_name=_metric_name(name, record),
+                    metric_value=float(value),
+                    metric_args={"protocol_version": protocol.get("version"), **args}
+                    if key == "knn_accuracy"
+                    else {"protocol_version": protocol.get("version")},
+                )
+            )
+    return results
+
+
+#: What an evaluation record in config.json keeps of a result (no local paths, no timings).
+_RECORD_KEYS = (
+    "protocol_version",
+    "protocol",
+    "protocol_changes",
+    "data",
+    "knn_accuracy",
+    "linear_probe_accuracy",
+    "baselines",
+    "num_processes",
+    "versions",
+)
+
+
+def _record_key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    data, protocol = record.get("data") or {}, record.get("protocol") or {}
+    values = {k: v for k, v in protocol.items() if k != "rules"}
+    return (json.dumps(values, sort_keys=True), json.dumps(data, sort_keys=True))
+
+
+def add_evaluation_result(out_dir: str | os.PathLike[str], result: Mapping[str, Any]) -> Path:
+    """Add a :func:`hub_cutinit.eval_backbone.evaluate_backbone` result to a saved model.
+
+    The record goes into ``config.json`` (``hub_cutinit.evaluation.evaluations``, with its
+    protocol and version; a record of the same protocol values and data replaces the older
+    one) and the card is re-rendered: a row of the Evaluation table and a model-index entry per
+    metric. Returns the path of ``README.md``.
+    """
+    from hub_cutinit.hub.format import CONFIG_NAME
+
+    out_dir = Path(out_dir)
+    config = read_config(out_dir)
+    record = {k: result[k] for k in _RECORD_KEYS if k in result}
+    record["model"] = {k: v for k, v in (result.get("model") or {}).items() if k != "spec"}
+    evaluation = config[BLOCK_KEY]["evaluation"] = dict(config[BLOCK_KEY].get("evaluation") or {})
+    old = [r for r in evaluation.get("evaluations") or [] if _record_key(r) != _record_key(record)]
+    evaluation["evaluations"] = [*old, record]
+    text = json.dumps(config, indent=2, allow_nan=False)
+    write_text_atomic(out_dir / CONFIG_NAME, text + "\n")
+    return render_model_card(out_dir)
