@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -127,10 +127,31 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype | N
     return torch.device("cpu"), None
 
 
+#: ImageNet statistics: what the evaluation loaders' uint8 images are normalised with.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _normalize_uint8(
+    images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 ``(B, C, H, W)`` images (``C == len(mean)``) as ``ToDtype(float32, scale=True)`` +
+    ``Normalize`` give them (``normalize_views``' kernels, on the images' device); other images
+    unchanged."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != len(mean):
+        return images
+    from hub_cutinit.data.transforms import normalize_views
+
+    return normalize_views([images], mean, std)[0]
+
+
 def extract_features(
     model: nn.Module,
     batches: Iterable[Any],
     device: torch.device | str | None = None,
+    *,
+    mean: Sequence[float] = _IMAGENET_MEAN,
+    std: Sequence[float] = _IMAGENET_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model`` over ``batches`` in eval mode without gradients; collect features and labels.
 
@@ -142,6 +163,9 @@ def extract_features(
             with ``"image"`` and ``"label"`` keys.
         device: where to run; default: the model's device. Floating-point images are cast
             to the model's parameter dtype (e.g. a bfloat16 backbone).
+        mean, std: uint8 images (the evaluation loaders' batches) are scaled to [0, 1] and
+            normalised with these on ``device`` (default: ImageNet's, as the loaders assume),
+            the same numbers the float transform gives; float images are used as they are.
 
     Returns:
         ``(features, labels)``: float32 ``(N, D)`` and int64 ``(N,)`` tensors on the CPU.
@@ -168,6 +192,7 @@ def extract_features(
             for batch in batches:
                 images, label = _split_batch(batch)
                 images = torch.as_tensor(images).to(device, non_blocking=True)
+                images = _normalize_uint8(images, mean, std)
                 if model_dtype is not None and images.is_floating_point():
                     images = images.to(model_dtype)  # e.g. a bfloat16 backbone
                 out = model(images)
