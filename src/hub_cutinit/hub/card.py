@@ -244,6 +244,8 @@ def _training_rows(
     ]
     if hparams.get("cut_scope") not in (None, "all"):
         rows.append(("cut scope", f"`{hparams['cut_scope']}`"))
+    if hparams.get("cut_spare"):
+        rows.append(("left uncut", ", ".join(f"`{k}`" for k in hparams["cut_spare"])))
     rows.extend(_schedule_rows(training, hparams))
     if hparams.get("temperature") is not None:
         rows.append(("temperature τ", format_number(hparams["temperature"])))
@@ -265,7 +267,38 @@ def _training_rows(
     ):
         if training.get(key) is not None:
             rows.append((label, _training_value(training, key)))
+    launch = _launch_row(training)
+    if launch:
+        rows.append(launch)
     return rows
+
+
+def _launch_row(training: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Machines × processes, the global batch and how the lr was scaled by it.
+
+    Example:
+        >>> _launch_row({"num_machines": 2, "num_processes": 8, "batch_size": 64,
+        ...              "grad_accum_steps": 1, "global_batch_size": 512, "lr": 0.6,
+        ...              "base_lr": 0.3})[1]
+        '2 machine(s) × 4 process(es) × batch 64 = global batch 512; lr 0.6 = 0.3 × 512 / 256'
+    """
+    needed = ("num_machines", "num_processes", "global_batch_size", "batch_size")
+    if any(training.get(k) is None for k in needed):
+        return None
+    machines, processes = int(training["num_machines"]), int(training["num_processes"])
+    accum = int(training.get("grad_accum_steps") or 1)
+    text = (
+        f"{machines} machine(s) × {processes // max(machines, 1)} process(es) × batch "
+        f"{training['batch_size']}"
+        + (f" × {accum} accumulation" if accum > 1 else "")
+        + f" = global batch {training['global_batch_size']}"
+    )
+    if training.get("lr") is not None and training.get("base_lr") is not None:
+        text += (
+            f"; lr {format_number(training['lr'])} = {format_number(training['base_lr'])} × "
+            f"{training['global_batch_size']} / 256"
+        )
+    return ("launch", text)
 
 
 def _training_value(training: Mapping[str, Any], key: str) -> str:

@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hub_cutinit.set_flag import parse_set
 from hub_cutinit.cut import SPARE_KINDS
 from hub_cutinit.registry import check_run, get_method_defaults, list_methods
+from hub_cutinit.set_flag import parse_set
 from hub_cutinit.training.callbacks import import_callback
 
 __all__ = [
@@ -295,9 +295,11 @@ class TrainConfig:
         "outputs/run", group="runtime", metavar="DIR", record=False,
         help="checkpoints and the saved model",
     )  # fmt: skip
-    resume: bool = setting(
-        False, group="runtime", record=False,
-        help="continue from the latest complete checkpoint",
+    resume: bool | str = setting(
+        False, group="runtime", record=False, metavar="auto",
+        help="continue from the newest complete checkpoint in --output-dir, or start at step 0 "
+        "when there is none; '--resume auto' says so explicitly (the same command for a first "
+        "run and for a requeued one after preemption)",
     )  # fmt: skip
     collective_timeout: float = setting(
         1800.0, group="runtime", metavar="SECONDS", check="positive",
@@ -367,6 +369,8 @@ class TrainConfig:
             raise ValueError(f"Unknown method {self.method!r}; known methods: {list_methods()}.")
         for f in dataclasses.fields(self):
             _check_value(f, getattr(self, f.name))
+        if self.resume not in (False, True, "auto"):
+            raise ValueError(f"--resume takes no value or 'auto', got {self.resume!r}.")
         if self.batch_size < 2:
             raise ValueError(
                 "--batch-size must be at least 2 (BatchNorm and contrastive losses need pairs)."
@@ -509,6 +513,11 @@ def _add_flag(group: _Group, f: dataclasses.Field) -> None:
         return
     if f.type == "list[str]":
         group.add_argument(flag, nargs="+", default=[], metavar=meta["metavar"], **kwargs)
+        return
+    if f.name == "resume":  # --resume or --resume auto
+        group.add_argument(
+            flag, nargs="?", const=True, default=False, choices=["auto", True], **kwargs
+        )
         return
     if f.type in ("bool", bool):
         action = "store_false" if f.default is True else "store_true"

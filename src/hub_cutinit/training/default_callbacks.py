@@ -12,13 +12,15 @@ Each owns one job and its state (saved in checkpoints through ``state_dict``):
 - :class:`ProgressCallback`: the progress bar.
 - :class:`TrackerCallback`: Accelerate's trackers (``--log-with``).
 - :class:`HubPushCallback`: the push to the Hub after the final save.
+- :class:`~hub_cutinit.training.preemption.PreemptionCallback`: on SIGTERM / SIGUSR1, a
+  checkpoint at the next logged step on every process, then exit code 75.
 
 :func:`default_callbacks` builds them from a config; ``train(cfg, callbacks=[...])`` adds yours.
 
 Example:
     >>> from hub_cutinit.training import TrainConfig
     >>> [c.name for c in default_callbacks(TrainConfig(method="simclr"))][:3]
-    ['NonFiniteGuard', 'ConvergenceMonitorCallback', 'EvaluationCallback']
+    ['NonFiniteGuard', 'PreemptionCallback', 'ConvergenceMonitorCallback']
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from hub_cutinit.convergence_monitor import ConvergenceMonitor
 from hub_cutinit.training.callbacks import TrainerCallback, TrainerControl
+from hub_cutinit.training.preemption import PreemptionCallback
 
 __all__ = [
     "EVAL_SHARE",
@@ -348,7 +351,7 @@ class HubPushCallback(TrainerCallback):
 
 def default_callbacks(cfg: Any) -> list[TrainerCallback]:
     """The built-in callbacks a run with ``cfg`` uses, in order."""
-    callbacks: list[TrainerCallback] = [NonFiniteGuard()]
+    callbacks: list[TrainerCallback] = [NonFiniteGuard(), PreemptionCallback()]
     if cfg.convergence_monitor:
         callbacks.append(ConvergenceMonitorCallback(budget=cfg.monitor_budget))
     callbacks += [

@@ -11,6 +11,7 @@ Example (a few steps on the built-in dataset)::
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from accelerate import PartialState
 
 from hub_cutinit.training.arguments import TrainConfig, parse_args
 from hub_cutinit.training.callbacks import TrainerCallback
+from hub_cutinit.training.preemption import EXIT_PREEMPTED
 from hub_cutinit.training.report import print_summary
 from hub_cutinit.training.trainer import Trainer
 
@@ -40,10 +42,13 @@ def main(
     callbacks: Iterable[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Entry point of ``recipes/<method>.py``: parse flags, train (with ``callbacks``), print
-    the summary."""
+    the summary. A run preempted by SIGTERM / SIGUSR1 exits with code 75 after its checkpoint
+    (:mod:`hub_cutinit.training.preemption`): rerun the same command with ``--resume auto``."""
     cfg = parse_args(method, argv)
     os.makedirs(cfg.output_dir, exist_ok=True)
     result = train(cfg, callbacks)
+    if result.get("preempted"):
+        sys.exit(EXIT_PREEMPTED)
     if PartialState().is_main_process:
         print_summary(result, cfg)
     return result

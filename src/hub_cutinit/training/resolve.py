@@ -9,6 +9,7 @@ happened: the dict ``train`` returns and ``config.json`` keeps.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -56,6 +57,11 @@ def _resolved_settings(trainer: Any, lr: float, steps: tuple[int, int, int | Non
     return {name: resolved.get(name, getattr(cfg, name)) for name in recorded_settings()}
 
 
+def _local_world_size(num_processes: int) -> int:
+    """Processes on this machine (``LOCAL_WORLD_SIZE``, set by torchrun / accelerate launch)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+
+
 def resolve_record(trainer: Any, total_steps: int, steps_per_epoch: int | None) -> RunRecord:
     """Every setting of this run, resolved once (flags over method and device defaults)."""
     cfg, acc, model = trainer.cfg, trainer.accelerator, trainer.raw_model
@@ -83,6 +89,7 @@ def resolve_record(trainer: Any, total_steps: int, steps_per_epoch: int | None) 
         steps_per_epoch=steps_per_epoch,
         ema_momentum=float(hp["momentum"]) if settings["ema_schedule"] else None,
         num_processes=acc.num_processes,
+        num_machines=max(1, acc.num_processes // _local_world_size(acc.num_processes)),
         global_batch_size=global_batch,
         tf32=bool(trainer.tf32),
         eval_source=plan.source if plan is not None else "",

@@ -49,6 +49,7 @@ class RunRecord:
         steps_per_epoch: optimiser steps in one pass over this process's shard.
         ema_momentum: the teacher's EMA momentum (``None`` for methods without one).
         num_processes / global_batch_size: the launch (``batch × processes × accumulation``).
+        num_machines: machines the processes ran on (``num_processes / LOCAL_WORLD_SIZE``).
         tf32: TF32 matmuls and ``cudnn.benchmark`` (CUDA only).
         eval_source: where the kNN numbers come from, in words.
         eval_held_out_images: the size of the held-out slice (``None`` when there is none).
@@ -65,6 +66,7 @@ class RunRecord:
     steps_per_epoch: int | None = None
     ema_momentum: float | None = None
     num_processes: int = 1
+    num_machines: int = 1
     global_batch_size: int = 0
     tf32: bool = False
     eval_source: str = ""

@@ -63,6 +63,7 @@ from hub_cutinit.training.failures import (
 )
 from hub_cutinit.training.knn_monitor import KnnMonitor
 from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer
+from hub_cutinit.training.preemption import PreemptionCallback
 from hub_cutinit.training.report import format_baselines
 from hub_cutinit.training.resolve import resolve_record, run_summary
 from hub_cutinit.training.state import RunRecord, TrainerState
@@ -132,6 +133,7 @@ class Trainer:
         self._saved_step = -1
         self._window = (time.perf_counter(), 0)
         self.started = time.perf_counter()
+        self.preempted = False  # set by PreemptionCallback: checkpoint, stop, exit 75
 
     def add_callback(self, callback: TrainerCallback) -> None:
         """Add a callback (as ``callbacks=`` does), as in the HF Trainer."""
@@ -512,6 +514,9 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Set up, lock the output folder, resume, train to ``total_steps``, save; return the
         run summary. A lost process raises :class:`LostProcessError` (how to resume)."""
+        preemption = self.callbacks.get(PreemptionCallback)
+        if preemption is not None:  # from the start: a signal during the set-up counts too
+            preemption.install()
         try:
             return self._train()
         except RuntimeError as err:  # DistBackendError, gloo's "Connection closed by peer" ...
@@ -521,6 +526,9 @@ class Trainer:
                 raise
             raise lost from None
         finally:
+            preemption = self.callbacks.get(PreemptionCallback)
+            if preemption is not None:
+                preemption.uninstall()
             progress = self.callbacks.get(ProgressCallback)
             if progress is not None:
                 progress.close()  # also after an error: no stale bar at exit
@@ -535,7 +543,22 @@ class Trainer:
         self.model.train()
         while self.state.step < self.record.total_steps and not self.callbacks.control.should_stop:
             self.train_epoch()
+        if self.preempted:
+            return self._preempted_summary()
         return self.finish()
+
+    def _preempted_summary(self) -> dict[str, Any]:
+        """What a preempted run returns: where it stopped and how to continue (no final save)."""
+        self.accelerator.wait_for_everyone()
+        self.callbacks.call("on_train_end", self, self.state, summary={"steps": self.state.step})
+        self.accelerator.end_training()
+        return {
+            "preempted": True,
+            "steps": self.state.step,
+            "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
+            "output_dir": self.cfg.output_dir,
+            "total_steps": self.record.total_steps,
+        }
 
     def _start_epoch(self) -> bool:
         """Set the loader's epoch; restore a mid-epoch position once after a resume."""
