@@ -80,7 +80,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for name in list_methods():
         d = get_method_defaults(name)
         print(
-            f"{name:8s} {get_display_name(name):8s} family={d['family']:20s} c={d['c']:<4g} weight_decay={d['weight_decay']:<8g} "
+            f"{name:12s} {get_display_name(name):12s} family={d['family']:20s} c={d['c']:<4g} weight_decay={d['weight_decay']:<8g} "
             f"optimizer={d['optimizer']} base_lr={d['base_lr']}"
         )
         if args.verbose:
