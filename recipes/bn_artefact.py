@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for method in args.methods:
         for variant in ("c1", "cut"):
-            argv_run = train_argv(study, method, variant, args.seed, out / "runs" / f"{method}_{variant}")
+            argv_run = train_argv(
+                study, method, variant, args.seed, out / "runs" / f"{method}_{variant}"
+            )
             argv_run += ["--max-steps", str(max(STEPS)), "--no-baselines", "--eval-split", "test"]
             argv_run += ["--eval-every-epochs", "0", "--no-convergence-monitor"]
             measure = MeasureBN()

@@ -16,8 +16,8 @@ import timm
 import torch
 
 from hub_cutinit import create_ssl_model
-from hub_cutinit.set_flag import parse_set
 from hub_cutinit.hub import save_pretrained
+from hub_cutinit.set_flag import parse_set
 
 NARROW = {"channels": [16, 32, 64, 128]}
 SET_ITEM = 'backbone_kwargs={"channels":[16,32,64,128]}'

@@ -90,3 +90,11 @@ def test_precise_bn_is_the_plain_average_of_the_batch_statistics() -> None:
 def test_precise_bn_is_the_default_and_recorded() -> None:
     assert TrainConfig(method="simclr").knn_bn == "precise"
     assert parse_args("simclr", []).knn_bn_batches == 8
+
+
+def test_c_paper_is_the_papers_value_one_flag_away() -> None:
+    assert parse_args("simclr", ["--c", "paper"]).c == 3.0
+    assert parse_args("simsiam", ["--c", "paper"]).c == 9.0
+    assert parse_args("byol", ["--c", "paper"]).c == 9.0
+    with pytest.raises(SystemExit):  # no paper value for a redundancy-reduction method
+        parse_args("vicreg", ["--c", "paper"])

@@ -20,8 +20,8 @@ from hub_cutinit.atomic import (
     write_json_atomic,
     write_text_atomic,
 )
-from hub_cutinit.set_flag import parse_set
 from hub_cutinit.plotting import new_figure, save_figure
+from hub_cutinit.set_flag import parse_set
 
 
 @pytest.fixture

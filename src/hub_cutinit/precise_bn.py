@@ -73,8 +73,10 @@ def precise_bn(
     if not has_batchnorm(model):
         return model
     param = next(model.parameters(), None)
-    device = torch.device(device) if device is not None else (
-        param.device if param is not None else torch.device("cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else (param.device if param is not None else torch.device("cpu"))
     )
     fresh = copy.deepcopy(model)
     with torch.no_grad():

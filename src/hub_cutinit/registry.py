@@ -40,6 +40,7 @@ __all__ = [
     "get_method_defaults",
     "get_display_name",
     "get_preset",
+    "paper_c",
 ]
 
 _METHODS: dict[str, type[SSLModel]] = {}
@@ -168,6 +169,22 @@ def get_method_defaults(method: str) -> dict[str, Any]:
     """
     cls = get_method_class(method)
     return {"family": cls.family, **copy.deepcopy(cls.defaults)}
+
+
+def paper_c(method: str) -> float:
+    """The paper's cut factor for ``method`` (``--c paper``): 3 contrastive, 9 non-contrastive.
+
+    Example:
+        >>> paper_c("simclr"), paper_c("byol")
+        (3.0, 9.0)
+    """
+    value = getattr(get_method_class(method), "paper_c", None)
+    if value is None:
+        raise ValueError(
+            f"The paper gives no cut factor for {method} (family "
+            f"{get_method_class(method).family}); pass a number, e.g. --c 3."
+        )
+    return float(value)
 
 
 def get_display_name(method: str) -> str:

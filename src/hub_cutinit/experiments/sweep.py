@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 from hub_cutinit.atomic import write_json_atomic, write_text_atomic
-from hub_cutinit.set_flag import ALL_METHODS, parse_set
 from hub_cutinit.experiments.plots import plot_curves, plot_weight_decay
 from hub_cutinit.experiments.tables import (
     epoch_rows,
@@ -58,6 +57,7 @@ from hub_cutinit.experiments.tables import (
     write_csv,
 )
 from hub_cutinit.registry import get_method_defaults, get_preset, list_methods
+from hub_cutinit.set_flag import ALL_METHODS, parse_set
 
 __all__ = [
     "RESULT_NAME",

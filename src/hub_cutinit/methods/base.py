@@ -243,6 +243,8 @@ class SSLModel(nn.Module):
     name: ClassVar[str] = ""
     display_name: ClassVar[str] = ""
     family: ClassVar[str] = ""
+    #: the cut factor the paper recommends for this method (``--c paper``); ``None``: none
+    paper_c: ClassVar[float | None] = None
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}}
     teacher_parts: ClassVar[tuple[str, ...]] = ()

@@ -46,6 +46,7 @@ _PREDICTIVE_PRESETS = {
 
 class _PredictiveMethod(SSLModel):
     family = "non-contrastive"
+    paper_c = 9.0
     presets = _PREDICTIVE_PRESETS
     head_names = ("projector", "predictor")
 

@@ -43,6 +43,7 @@ class DINO(SSLModel):
     name = "dino"
     display_name = "DINO"
     family = "non-contrastive"
+    paper_c = 9.0
     defaults = {
         **COMMON_DEFAULTS,
         "c": 9.0,

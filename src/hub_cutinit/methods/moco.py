@@ -36,6 +36,7 @@ class MoCo(SSLModel):
     name = "moco"
     display_name = "MoCo"
     family = "contrastive"
+    paper_c = 3.0
     defaults = {
         **COMMON_DEFAULTS,
         "c": 3.0,

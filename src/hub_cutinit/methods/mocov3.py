@@ -113,6 +113,7 @@ class MoCoV3(SSLModel):
     name = "mocov3"
     display_name = "MoCo v3"
     family = "contrastive"
+    paper_c = 3.0
     defaults = {
         **COMMON_DEFAULTS,
         "c": 3.0,

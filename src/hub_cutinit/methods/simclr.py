@@ -27,6 +27,7 @@ class SimCLR(SSLModel):
     name = "simclr"
     display_name = "SimCLR"
     family = "contrastive"
+    paper_c = 3.0
     defaults = {
         **COMMON_DEFAULTS,
         "c": 3.0,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hub_cutinit.cut import SPARE_KINDS
-from hub_cutinit.registry import check_run, get_method_defaults, list_methods
+from hub_cutinit.registry import check_run, get_method_defaults, list_methods, paper_c
 from hub_cutinit.set_flag import parse_set
 from hub_cutinit.training.callbacks import import_callback
 
@@ -80,6 +80,7 @@ def setting(
     record: bool = True,
     cli: bool = True,
     default_factory: Callable[[], Any] | None = None,
+    parse: Callable[[str], Any] | None = None,
 ) -> Any:
     """Declare one setting: a dataclass field whose metadata builds its flag, check and record.
 
@@ -92,6 +93,7 @@ def setting(
             for a setting that defaults to True.
         record: copied into the run record (``config.json``, trackers, card).
         cli: has a command-line flag.
+        parse: converts the flag's text (default: from the field's type).
     """
     if group not in GROUPS:
         raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
@@ -99,7 +101,7 @@ def setting(
         raise ValueError(f"check must be one of {sorted(_CHECKS)}, got {check!r}")
     metadata = dict(
         group=group, help=help, metavar=metavar, choices=choices, check=check, flag=flag,
-        record=record, cli=cli,
+        record=record, cli=cli, parse=parse,
     )  # fmt: skip
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
@@ -157,8 +159,9 @@ class TrainConfig:
         "resnet18", group="model and cut", metavar="NAME", help="any timm model name"
     )
     c: float | None = setting(
-        None, group="model and cut", check="positive",
-        help="cut factor (default: the method's; 1 = no cut)",
+        None, group="model and cut", check="positive", parse=lambda v: v if v == "paper" else float(v),
+        help="cut factor (default: the method's; 1 = no cut; 'paper': the paper's value for the "
+        "method, 3 contrastive, 9 non-contrastive)",
     )  # fmt: skip
     cut_spare: list[str] = setting(
         group="model and cut", metavar="KIND", default_factory=list,
@@ -367,6 +370,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in list_methods():
             raise ValueError(f"Unknown method {self.method!r}; known methods: {list_methods()}.")
+        if self.c == "paper":
+            self.c = paper_c(self.method)
         for f in dataclasses.fields(self):
             _check_value(f, getattr(self, f.name))
         if self.resume not in (False, True, "auto"):
@@ -527,7 +532,7 @@ def _add_flag(group: _Group, f: dataclasses.Field) -> None:
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, **kwargs)
         return
     kind = str(f.type).split(" | ")[0]
-    converter = {"int": int, "float": float}.get(kind, str)
+    converter = meta.get("parse") or {"int": int, "float": float}.get(kind, str)
     if meta["metavar"]:
         kwargs["metavar"] = meta["metavar"]
     if meta["choices"]:
