@@ -70,6 +70,7 @@ def test_protocol_defaults_are_the_library_defaults() -> None:
     knn = inspect.signature(knn_accuracy).parameters
     assert (protocol.k, protocol.temperature) == (knn["k"].default, knn["temperature"].default)
     assert (protocol.k, protocol.temperature) == (TrainConfig.knn_k, TrainConfig.knn_temperature)
+    assert (protocol.bn, protocol.bn_batches) == (TrainConfig.knn_bn, TrainConfig.knn_bn_batches)
     assert (
         protocol.probe_epochs,
         protocol.probe_lr,
@@ -133,7 +134,13 @@ class _TinyBN(nn.Module):
 def test_batchnorm_is_in_eval_mode_and_the_mode_restored() -> None:
     torch.manual_seed(0)
     net = _TinyBN().train()
-    result = evaluate_backbone(net, "builtin", k=5, linear_probe=False, baselines=False, **FAST)
+    precise = evaluate_backbone(net, "builtin", k=5, linear_probe=False, baselines=False, **FAST)
+    assert net.training and net.bn.running_mean.eq(50.0).all() and not net.seen  # a copy ran
+    assert precise["protocol"]["bn"] == "precise"
+    running = EvalProtocol(bn="running")  # the saved statistics: this network itself
+    result = evaluate_backbone(
+        net, "builtin", k=5, linear_probe=False, baselines=False, protocol=running, **FAST
+    )
     assert net.training and net.bn.training  # restored
     assert net.bn.running_mean.eq(50.0).all()  # the statistics untouched
     assert net.seen and not any(training for training, _, _ in net.seen)

@@ -105,7 +105,7 @@ class EvalProtocol:
     probe_weight_decay: float = 1e-4
     probe_batch_size: int = 1024
     extract_batch_size: int = 256
-    bn: str = "running"
+    bn: str = "precise"  # as the training monitor (--knn-bn precise): recipes/results/bn_artefact
     bn_batches: int = 8
     seed: int = 0
 
@@ -537,7 +537,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--bn",
         choices=("running", "precise"),
         default=EvalProtocol.bn,
-        help="BatchNorm statistics: as saved (default) or re-estimated on bank batches",
+        help="BatchNorm statistics: re-estimated on bank batches (default, as the training "
+        "monitor) or as saved (running)",
     )
     p.add_argument("--image-size", type=int, help="default: the model's pretrained_cfg size")
     p.add_argument("--eval-split", default="test", help="test split (default: test)")
