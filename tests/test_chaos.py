@@ -76,7 +76,7 @@ def _relaunch_loop(out: Path, faults: list[str], rng: random.Random) -> dict:
         procs = _launch_pair(out, slow=0.05 if fault else 0.0)
         launched = time.monotonic()
         if fault is not None:
-            delay = rng.uniform(8.0, 25.0)  # set-up, training, or a checkpoint write
+            delay = rng.uniform(10.0, 30.0)  # start-up, training, or a checkpoint write
             time.sleep(delay)
             if fault == "sigkill-rank":
                 victim = rng.choice([0, 1])
@@ -99,7 +99,9 @@ def _relaunch_loop(out: Path, faults: list[str], rng: random.Random) -> dict:
         if codes == [0, 0]:
             break
         if fault == "sigterm-job":
-            assert set(codes) <= {EXIT_PREEMPTED, 0}, codes  # both checkpoint and exit 75
+            # both checkpoint and exit 75; a SIGTERM during the start-up (imports, before the
+            # handlers exist) ends a process at once, with nothing trained and nothing lost
+            assert set(codes) <= {EXIT_PREEMPTED, 0, -signal.SIGTERM}, codes
         assert len(report["launches"]) < 12, report
     report["wall_seconds"] = round(time.monotonic() - started, 1)
     return report
