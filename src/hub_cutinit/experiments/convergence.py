@@ -120,8 +120,14 @@ class StudyConfig:
         return None  # the method's own default (base_lr × batch / 256)
 
 
+#: The cut of methods whose default is c = 1 (no paper value): VICReg is the study's control
+#: for "the cut helps because the loss normalises z" (its loss does not).
+CONTROL_CUTS = {"vicreg": 3.0, "barlow_twins": 3.0}
+
+
 def _cut_factor(method: str) -> float:
-    return float(get_method_defaults(method)["c"])
+    c = float(get_method_defaults(method)["c"])
+    return CONTROL_CUTS.get(method, c) if c == 1 else c
 
 
 def training_dataset(cfg: StudyConfig) -> str:
