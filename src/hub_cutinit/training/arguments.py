@@ -370,7 +370,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in list_methods():
             raise ValueError(f"Unknown method {self.method!r}; known methods: {list_methods()}.")
-        if self.c == "paper":
+        if str(self.c) == "paper":  # --c paper (the flag's text; a float after this)
             self.c = paper_c(self.method)
         for f in dataclasses.fields(self):
             _check_value(f, getattr(self, f.name))
