@@ -64,7 +64,7 @@ def check_method(method: str) -> str:
         >>> check_method("bayol")
         Traceback (most recent call last):
         ...
-        ValueError: unknown method 'bayol'; choose one of: byol, dino, moco, simclr, simsiam
+        ValueError: unknown method 'bayol'; choose one of: barlow_twins, byol, dino, moco, mocov3, simclr, simsiam, vicreg
     """
     methods = list_methods()
     if method not in methods:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from hub_cutinit.atomic import atomic_path, write_text_atomic
+from hub_cutinit.data import normalize_views
 from hub_cutinit.evaluation import norm_confidence
 from hub_cutinit.plotting import new_figure, save_figure
 
@@ -92,6 +93,7 @@ def embed(
     try:
         for batch in batches:
             images, label = batch["image"].to(device), torch.as_tensor(batch["label"]).long()
+            images = normalize_views([images])[0]  # uint8 loaders: normalised as in training
             n = len(images)
             if not is_ssl:
                 if set(names) != {"backbone"}:
