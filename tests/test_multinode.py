@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fault_helpers import ROOT, TINY_RECIPE_FLAGS, assert_same_weights, free_port, saved_weights
 
 FLAGS = [*TINY_RECIPE_FLAGS, "--set", "proj_hidden_dim=16", "proj_dim=8", "--max-steps", "4"]
@@ -36,6 +37,7 @@ def _finish(procs: list[subprocess.Popen]) -> None:
         assert proc.returncode == 0, output[-3000:]
 
 
+@pytest.mark.faults  # four launches of accelerate: `make test-faults`
 def test_two_machines_on_localhost_equal_two_processes_on_one(tmp_path: Path) -> None:
     one, two = tmp_path / "one_machine", tmp_path / "two_machines"
     _finish([_launch(one, 1, 0, free_port())])
