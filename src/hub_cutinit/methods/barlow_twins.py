@@ -41,7 +41,7 @@ from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutp
 from hub_cutinit.redundancy_losses import BarlowTwinsLoss
 from hub_cutinit.registry import register_method
 
-__all__ = ["BarlowTwins", "check_batch_statistics"]
+__all__ = ["BarlowTwins", "RedundancyReductionModel", "check_batch_statistics"]
 
 
 def check_batch_statistics(method: str, run: RunSpec) -> list[str]:
@@ -60,13 +60,51 @@ def check_batch_statistics(method: str, run: RunSpec) -> list[str]:
     return []
 
 
+class RedundancyReductionModel(SSLModel):
+    """The shared part of Barlow Twins and VICReg: a BatchNorm projector, views forwarded one
+    at a time (per-view BatchNorm statistics), a loss over the two views' projections, and a
+    global batch of at least 2. Subclasses set ``defaults`` and :meth:`build_criterion`."""
+
+    family = "redundancy-reduction"
+    presets = {
+        "paper": {},
+        "cpu": {"proj_hidden_dim": 512, "proj_dim": 512},
+        "tiny": {"proj_hidden_dim": 32, "proj_dim": 16},
+    }
+    head_names = ("projector",)
+
+    @classmethod
+    def check_run(cls, run: RunSpec) -> list[str]:
+        """A global batch of at least 2 (the loss's statistics over the batch)."""
+        return super().check_run(run) + check_batch_statistics(cls.name, run)
+
+    def build_criterion(self) -> torch.nn.Module:
+        """The loss module, from ``self.hparams``."""
+        raise NotImplementedError
+
+    def build_heads(self, num_features: int) -> None:
+        hp = self.hparams
+        hidden = hp["proj_hidden_dim"]
+        self.projector = MLPHead(
+            [num_features, hidden, hidden, hp["proj_dim"]], batch_norm=hp["head_batch_norm"]
+        )
+        self.criterion = self.build_criterion()
+
+    def compute(
+        self, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
+    ) -> SSLOutput:
+        feats = [self.backbone(v) for v in global_views]
+        z = [self.projector(f) for f in feats]
+        loss = self.criterion(z[0], z[1])
+        return SSLOutput(loss, {"backbone": torch.cat(feats), "projection": torch.cat(z)})
+
+
 @register_method
-class BarlowTwins(SSLModel):
+class BarlowTwins(RedundancyReductionModel):
     """Barlow Twins with a BatchNorm projector ``D→2048→2048→2048`` and λ = 5e-3."""
 
     name = "barlow_twins"
     display_name = "Barlow Twins"
-    family = "redundancy-reduction"
     defaults = {
         **COMMON_DEFAULTS,
         "c": 1.0,
@@ -80,35 +118,7 @@ class BarlowTwins(SSLModel):
         "proj_dim": 2048,
         "head_batch_norm": True,
     }
-    presets = {
-        "paper": {},
-        "cpu": {"proj_hidden_dim": 512, "proj_dim": 512},
-        "tiny": {"proj_hidden_dim": 32, "proj_dim": 16},
-    }
-    head_names = ("projector",)
 
-    @classmethod
-    def check_run(cls, run: RunSpec) -> list[str]:
-        """A global batch of at least 2 (the cross-correlation's standardisation).
-
-        Example:
-            >>> BarlowTwins.check_run(RunSpec(c=1.0, global_batch_size=512))
-            []
-        """
-        return super().check_run(run) + check_batch_statistics(cls.name, run)
-
-    def build_heads(self, num_features: int) -> None:
+    def build_criterion(self) -> torch.nn.Module:
         hp = self.hparams
-        hidden = hp["proj_hidden_dim"]
-        self.projector = MLPHead(
-            [num_features, hidden, hidden, hp["proj_dim"]], batch_norm=hp["head_batch_norm"]
-        )
-        self.criterion = BarlowTwinsLoss(hp["lambda_offdiag"], scale=hp["scale_loss"])
-
-    def compute(
-        self, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
-    ) -> SSLOutput:
-        feats = [self.backbone(v) for v in global_views]
-        z = [self.projector(f) for f in feats]
-        loss = self.criterion(z[0], z[1])
-        return SSLOutput(loss, {"backbone": torch.cat(feats), "projection": torch.cat(z)})
+        return BarlowTwinsLoss(hp["lambda_offdiag"], scale=hp["scale_loss"])

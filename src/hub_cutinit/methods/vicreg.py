@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from hub_cutinit.heads import MLPHead
-from hub_cutinit.methods.barlow_twins import check_batch_statistics
-from hub_cutinit.methods.base import COMMON_DEFAULTS, RunSpec, SSLModel, SSLOutput
+from hub_cutinit.methods.barlow_twins import RedundancyReductionModel
+from hub_cutinit.methods.base import COMMON_DEFAULTS
 from hub_cutinit.redundancy_losses import VICRegLoss
 from hub_cutinit.registry import register_method
 
@@ -44,12 +43,11 @@ __all__ = ["VICReg"]
 
 
 @register_method
-class VICReg(SSLModel):
+class VICReg(RedundancyReductionModel):
     """VICReg with a BatchNorm expander ``D→2048→2048→2048`` and weights 25 / 25 / 1."""
 
     name = "vicreg"
     display_name = "VICReg"
-    family = "redundancy-reduction"
     defaults = {
         **COMMON_DEFAULTS,
         "c": 1.0,
@@ -64,37 +62,7 @@ class VICReg(SSLModel):
         "proj_dim": 2048,
         "head_batch_norm": True,
     }
-    presets = {
-        "paper": {},
-        "cpu": {"proj_hidden_dim": 512, "proj_dim": 512},
-        "tiny": {"proj_hidden_dim": 32, "proj_dim": 16},
-    }
-    head_names = ("projector",)
 
-    @classmethod
-    def check_run(cls, run: RunSpec) -> list[str]:
-        """A global batch of at least 2 (variance and covariance divide by N − 1).
-
-        Example:
-            >>> VICReg.check_run(RunSpec(c=1.0, global_batch_size=512))
-            []
-        """
-        return super().check_run(run) + check_batch_statistics(cls.name, run)
-
-    def build_heads(self, num_features: int) -> None:
+    def build_criterion(self) -> torch.nn.Module:
         hp = self.hparams
-        hidden = hp["proj_hidden_dim"]
-        self.projector = MLPHead(
-            [num_features, hidden, hidden, hp["proj_dim"]], batch_norm=hp["head_batch_norm"]
-        )
-        self.criterion = VICRegLoss(
-            hp["invariance_weight"], hp["variance_weight"], hp["covariance_weight"]
-        )
-
-    def compute(
-        self, global_views: list[torch.Tensor], local_views: list[torch.Tensor]
-    ) -> SSLOutput:
-        feats = [self.backbone(v) for v in global_views]
-        z = [self.projector(f) for f in feats]
-        loss = self.criterion(z[0], z[1])
-        return SSLOutput(loss, {"backbone": torch.cat(feats), "projection": torch.cat(z)})
+        return VICRegLoss(hp["invariance_weight"], hp["variance_weight"], hp["covariance_weight"])
