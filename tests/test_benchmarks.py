@@ -58,7 +58,15 @@ def test_common_helpers(bench) -> None:
     common = bench("common")
     samples = common.interleaved({"a": lambda: None, "b": lambda: None}, repeats=4, warmup=0)
     assert [len(v) for v in samples.values()] == [4, 4]
-    assert common.ratio([2.0, 4.0], [1.0, 2.0]) == {"median_ratio": 2.0, "paired_median": 2.0}
+    assert common.ratio([2.0, 4.0], [1.0, 2.0]) == {
+        "median_ratio": 2.0,
+        "paired_median": 2.0,
+        "paired_ci95": [2.0, 2.0],
+    }
+    # the interval covers the spread of the paired ratios and holds their median
+    spread = common.ratio([1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0], [1.0] * 7)
+    low, high = spread["paired_ci95"]
+    assert 0.8 <= low <= spread["paired_median"] == 1.0 <= high <= 1.2 and high - low > 0
     budgeted = common.interleaved({"a": lambda: None}, repeats=100, budget_s=0.0, min_repeats=3)
     assert len(budgeted["a"]) == 3
     assert "ok" in common.format_table([common.row("x", "y", 1.0, ok=True)])

@@ -225,3 +225,108 @@ def test_callback_flag_builds_a_callback_by_import_path(
     for bad in ("no_colon_here", "my_callbacks:Missing", "my_callbacks:TrainerCallback"):
         with pytest.raises(SystemExit):  # refused when the flags are parsed, naming the fix
             main("simclr", [*argv, "--callback", bad, "--output-dir", str(tmp_path / "bad")])
+
+
+class _Clock:
+    """A fake ``time.perf_counter`` the test advances by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _FakeMonitor:
+    """A monitor whose every reading costs ``cost`` seconds of the fake clock."""
+
+    def __init__(self, clock: _Clock, cost: float) -> None:
+        self.clock, self.cost, self.readings = clock, cost, []
+        self.last_seconds = None
+
+    def before_step(self, step: int) -> None:
+        self.clock.now += self.cost / 2
+
+    def after_step(self, step: int) -> dict[str, float]:
+        self.clock.now += self.cost / 2
+        self.last_seconds = self.cost
+        self.readings.append(step)
+        return {"angle/projection": 0.1}
+
+
+class _FakeTrainer:
+    """What the monitor callback reads of the Trainer: the log cadence and ``log_values``."""
+
+    def __init__(self, log_every: int) -> None:
+        self.log_every, self.values = log_every, {}
+
+    def logged(self, step: int) -> bool:
+        return step == 1 or step % self.log_every == 0
+
+    def log_values(self, values: dict[str, float]) -> None:
+        self.values.update(values)
+
+
+def _run_monitor(
+    callback: Any, clock: _Clock, monitor: _FakeMonitor, steps: range, step_seconds: float
+) -> None:
+    """Drive the callback's hooks as the Trainer does, ``step_seconds`` of training per step."""
+    from types import SimpleNamespace
+
+    trainer, control = _FakeTrainer(log_every=10), None
+    state = SimpleNamespace(step=steps.start - 1, epoch=0, convergence=[])
+    callback.monitor = monitor
+    for step in steps:
+        clock.now += step_seconds
+        callback.on_pre_optimizer_step(trainer, state, control, flag=None)
+        state.step = step
+        logged = trainer.logged(step)
+        callback.on_step_end(trainer, state, control, logged=logged)
+        if logged:
+            logs, trainer.values = {"lr": 0.1, **trainer.values}, {}
+            callback.on_log(trainer, state, control, logs=logs)
+
+
+def test_monitor_keeps_a_running_time_budget_and_resumes_its_schedule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The monitor reads on step 1, then only when its cumulative cost (the next reading
+    included) fits in --monitor-budget of the cumulative training time; a resumed callback
+    reads on the same steps as an uninterrupted one."""
+    clock = _Clock()
+    monkeypatch.setattr(defaults_module.time, "perf_counter", clock)
+    budget, cost, step_seconds = 0.01, 0.16, 0.4  # a reading costs 40 % of a step
+    callback = defaults_module.ConvergenceMonitorCallback(budget=budget)
+    monitor = _FakeMonitor(clock, cost)
+    _run_monitor(callback, clock, monitor, range(1, 2001), step_seconds)
+    readings = monitor.readings
+    assert readings[0] == 1 and all(step % 10 == 0 for step in readings[1:])
+    training = 2000 * step_seconds
+    # within budget at every reading, once the first one is paid for
+    for step in readings[1:]:
+        spent = cost * (readings.index(step) + 1)
+        assert spent <= budget * (step * step_seconds + spent) + 1e-9, step
+    # and not far below it: one reading per cost / (budget * step) = 40 steps, rounded up to 10
+    assert len(readings) == pytest.approx(budget * training / cost, abs=2)
+    assert readings[1] > 10  # the second reading waits for the first one to be paid for
+
+    # resume at step 1000 from the state at step 1000: the same readings after it
+    clock2 = _Clock()
+    monkeypatch.setattr(defaults_module.time, "perf_counter", clock2)
+    first = defaults_module.ConvergenceMonitorCallback(budget=budget)
+    first_monitor = _FakeMonitor(clock2, cost)
+    _run_monitor(first, clock2, first_monitor, range(1, 1001), step_seconds)
+    resumed = defaults_module.ConvergenceMonitorCallback(budget=budget)
+    resumed.load_state_dict(first.state_dict())
+    resumed_monitor = _FakeMonitor(clock2, cost)
+    _run_monitor(resumed, clock2, resumed_monitor, range(1001, 2001), step_seconds)
+    assert first_monitor.readings + resumed_monitor.readings == readings
+
+
+def test_monitor_budget_one_reads_every_logged_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(defaults_module.time, "perf_counter", clock)
+    callback = defaults_module.ConvergenceMonitorCallback(budget=1.0)
+    monitor = _FakeMonitor(clock, cost=1.0)
+    _run_monitor(callback, clock, monitor, range(1, 51), step_seconds=0.1)
+    assert monitor.readings == [1, 10, 20, 30, 40, 50]

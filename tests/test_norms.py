@@ -86,6 +86,37 @@ def test_merge_equals_one_tracker_on_concatenation():
     assert right.summary()["z"]["count"] == 123
 
 
+def test_deferred_updates_equal_one_fold_per_update(monkeypatch: pytest.MonkeyPatch) -> None:
+    """update() only stores norms; the statistics a read folds in equal reading after every
+    update, and the pending norms are folded in once they reach the row limit."""
+    import hub_cutinit.norms as norms_module
+
+    chunks = [_data(s, n, scale=10.0 ** (s % 3)) for s, n in [(1, 64), (2, 64), (3, 5), (4, 200)]]
+    deferred, eager = NormTracker(), NormTracker()
+    for z in chunks:
+        deferred.update({"z": z})
+        eager.update({"z": z})
+        eager.summary()  # a read folds every pending batch in
+    assert len(deferred._pending["z"]) == len(chunks) and not eager._pending
+    got, want = deferred.summary()["z"], eager.summary()["z"]
+    assert not deferred._pending
+    for key in ("count", "min", "max", "nonfinite", "p05", "p50", "p95"):
+        assert got[key] == want[key], key
+    for key in ("mean", "std"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12)
+    all_norms = row_norms(torch.cat(chunks)).double().numpy()
+    assert got["count"] == len(all_norms) and got["max"] == all_norms.max()
+    np.testing.assert_allclose(got["mean"], all_norms.mean(), rtol=1e-12)
+
+    monkeypatch.setattr(norms_module, "_MAX_PENDING_ROWS", 100)
+    bounded = NormTracker()
+    bounded.update_norms({"z": torch.ones(60)})
+    assert bounded._pending_rows == 60
+    bounded.update_norms({"z": torch.ones(60)})  # 120 >= 100: folded in
+    assert bounded._pending_rows == 0 and not bounded._pending
+    assert bounded.summary()["z"]["count"] == 120
+
+
 def test_merge_rejects_other_histogram_settings():
     with pytest.raises(ValueError, match="same arguments"):
         NormTracker().merge(NormTracker(bins_per_decade=10))

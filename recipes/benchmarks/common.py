@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+#: Resamples of the rounds behind :func:`ratio`'s bootstrap interval.
+BOOTSTRAP_RESAMPLES = 2000
 
 __all__ = [
     "RESULTS_DIR",
@@ -194,21 +198,28 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
-    """``median(numerator) / median(denominator)`` and the median of the per-round ratios.
+def ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, Any]:
+    """``median(numerator) / median(denominator)``, the median of the per-round ratios and its
+    95 % bootstrap interval (2,000 resamples of the rounds, fixed seed).
 
     Pass samples of the same length taken in the same rounds (from :func:`interleaved`).
 
     Example:
         >>> ratio([2.0, 4.0], [1.0, 2.0])
-        {'median_ratio': 2.0, 'paired_median': 2.0}
+        {'median_ratio': 2.0, 'paired_median': 2.0, 'paired_ci95': [2.0, 2.0]}
     """
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError("ratio() needs two non-empty sample lists of the same length")
     paired = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(paired, k=len(paired))) for _ in range(BOOTSTRAP_RESAMPLES)
+    )
+    low, high = medians[int(0.025 * len(medians))], medians[int(0.975 * len(medians)) - 1]
     return {
         "median_ratio": statistics.median(numerator) / statistics.median(denominator),
         "paired_median": statistics.median(paired),
+        "paired_ci95": [low, high],
     }
 
 

@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_size = min(args.batch_size, 16)
-    repeats = args.repeats or (2 if args.quick else 15)
+    repeats = args.repeats or (2 if args.quick else 30)
     inner = args.inner or 1
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     common.setup_threads(args.threads)
@@ -573,6 +573,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for key, value in res["ratios"].items():
             target = targets.get(key, 0.0)
             paired = value["paired_median"]
+            low, high = value["paired_ci95"]
             rows.append(
                 common.row(
                     NAME,
@@ -581,6 +582,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     unit="x",
                     target=f">= {target:g}",
                     ok=paired >= target,
+                )
+            )
+            rows.append(
+                common.row(
+                    NAME,
+                    f"{method} {key.replace('_vs_', '/')} 95% interval",
+                    f"{low:.3f}-{high:.3f}",
+                    unit="x",
                 )
             )
         if "same_computation" in res:

@@ -35,7 +35,7 @@ from accelerate.utils import gather_object, set_seed
 from hub_cutinit import data as data_lib
 from hub_cutinit.data.stream import MAX_CORRUPT_EXAMPLES
 from hub_cutinit.factory import create_ssl_model
-from hub_cutinit.norms import NormHistory, NormTracker
+from hub_cutinit.norms import NormHistory, NormTracker, row_norms
 from hub_cutinit.training.arguments import TrainConfig
 from hub_cutinit.training.callbacks import CallbackHandler, TrainerCallback, import_callback
 from hub_cutinit.training.checkpoint import (
@@ -463,10 +463,11 @@ class Trainer:
     ) -> None:
         """Add the step's norm means (and the epoch's norm tracker), loss and non-finite flag
         to the device-side statistics (no sync)."""
-        self.epoch_norms.update(embeddings)
+        norms = {name: row_norms(z) for name, z in embeddings.items()}
+        self.epoch_norms.update_norms(norms)  # folded into the statistics at the next read
         if self.stats is None:
             self.stats = StepStatistics(sorted(embeddings), self.accelerator.device)
-        means = [embeddings[k].float().norm(dim=1).mean() for k in self.stats.names]
+        means = [norms[k].mean() for k in self.stats.names]
         stacked = torch.stack(means) if means else loss.new_zeros(0)
         self.stats.add(stacked, loss, flag, step)
 
