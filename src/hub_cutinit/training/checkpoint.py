@@ -56,6 +56,7 @@ from hub_cutinit.hub.format import is_disk_full
 
 __all__ = [
     "latest_checkpoint",
+    "layout_change_message",
     "save_checkpoint",
     "load_checkpoint",
     "checkpoint_layout",
@@ -205,6 +206,36 @@ def saved_loader_epoch(checkpoint: Path) -> int | None:
     if not path.is_file():
         return None
     return int(torch.load(path, weights_only=True)["hub_cutinit"]["epoch"])
+
+
+def layout_change_message(
+    checkpoint: Path,
+    saved: dict[str, Any],
+    state: Any,
+    num_processes: int,
+    num_workers: int,
+) -> str:
+    """The one log line of a resume on another number of processes (or data workers).
+
+    The saved data positions belong to another sharding, so they are not used: at an epoch
+    end the next epoch starts from its beginning (an exact continuation); mid-epoch, the
+    current epoch's stream restarts and its images trained on so far are seen again.
+    ``state`` is the restored :class:`~hub_cutinit.training.state.TrainerState`.
+    """
+    processes, workers = checkpoint_layout(checkpoint, saved)
+    was = f"{processes} process(es)" + (f" × {workers} data worker(s)" if workers else "")
+    now = f"{num_processes} process(es)" + (
+        f" × {num_workers} data worker(s)" if num_workers else ""
+    )
+    head = f"--resume: {checkpoint.name} was written by {was}, this run has {now}: "
+    tail = " Model, optimiser, step and schedule continue."
+    if saved_loader_epoch(checkpoint) != state.epoch:
+        return head + f"epoch {state.epoch} starts from its beginning (exact)." + tail
+    again = state.images_seen - state.epoch_start_images
+    return (
+        head + f"the data position cannot be carried over, so epoch {state.epoch} restarts "
+        f"from its beginning and its {again:,} images trained on so far are seen again." + tail
+    )
 
 
 def load_checkpoint(

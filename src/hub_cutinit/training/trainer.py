@@ -18,7 +18,6 @@ Example (a few steps on the built-in dataset)::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -42,11 +41,10 @@ from hub_cutinit.training.checkpoint import (
     OutputDirLockedError,
     RunLock,
     acquire_run_lock,
-    checkpoint_layout,
     latest_checkpoint,
+    layout_change_message,
     load_checkpoint,
     save_checkpoint,
-    saved_loader_epoch,
 )
 from hub_cutinit.training.default_callbacks import ProgressCallback, default_callbacks
 from hub_cutinit.training.device_defaults import (
@@ -66,6 +64,7 @@ from hub_cutinit.training.optim import bn_normalized_weights, build_optimizer
 from hub_cutinit.training.preemption import PreemptionCallback
 from hub_cutinit.training.report import format_baselines
 from hub_cutinit.training.resolve import resolve_record, run_summary
+from hub_cutinit.training.run_data import build_run_data, steps_per_epoch
 from hub_cutinit.training.state import RunRecord, TrainerState
 from hub_cutinit.training.statistics import StepStatistics
 
@@ -186,74 +185,13 @@ class Trainer:
         self.model = self.raw_model = model
 
     def setup_data(self) -> None:
-        """The evaluation the data allows, this process's shard of the training stream, the loader.
-
-        :func:`hub_cutinit.data.plan_evaluation` decides: a test split, a held-out slice of the
-        training split (then excluded from training), or no evaluation on unlabelled images
-        (one notice says how to add ``--eval-dataset``).
-        """
-        cfg, acc = self.cfg, self.accelerator
-        data_lib.check_dataset_spec(cfg.dataset)
-        self.eval_plan = plan = data_lib.plan_evaluation(
-            cfg.dataset,
-            image_size=cfg.image_size,
-            train_split=cfg.train_split,
-            eval_split=cfg.eval_split,
-            eval_dataset=cfg.eval_dataset,
-            eval_bank_split=cfg.eval_bank_split,
-            image_column=cfg.image_column,
-            label_column=cfg.label_column,
-            eval_image_column=cfg.eval_image_column,
-            eval_label_column=cfg.eval_label_column,
-            held_out_fraction=cfg.eval_held_out,
-            seed=cfg.seed,
-            max_samples=cfg.eval_max_samples,
-            batch_size=max(64, cfg.batch_size),
-        )
-        if plan.loaders is not None:  # feature extraction split across the processes
-            shares = [
-                data_lib.shard_eval_loader(loader, acc.process_index, acc.num_processes)
-                for loader in plan.loaders
-            ]
-            self.knn = KnnMonitor(
-                acc,
-                shares,
-                k=cfg.knn_k,
-                temperature=cfg.knn_temperature,
-                bn=cfg.knn_bn,
-                bn_batches=cfg.knn_bn_batches,
-            )
-        if plan.notice:
-            acc.print(plan.notice)
-        self.num_workers = self._resolve_num_workers()
-        self.stream = data_lib.build_train_stream(
-            cfg.dataset,
-            method=cfg.method,
-            image_size=cfg.image_size,
-            split=cfg.train_split,
-            image_column=cfg.image_column,
-            label_column=cfg.label_column,
-            num_local_views=self.raw_model.num_views()[1],
-            seed=cfg.seed,
-            shuffle_buffer=cfg.shuffle_buffer,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-            exclude=plan.held_out,
-            total_examples=plan.train_examples,
-            num_workers=self.num_workers,  # shards enough for every rank x worker
-            uint8=True,  # views travel as uint8; training_step normalises them on the device
-            augment_on=cfg.augment_on,
-        )
-        if cfg.augment_on == "device":  # the loader brings [base images, view parameters]
-            self.device_augment = self.stream.transform.device_augment()
-        self.num_examples = cfg.num_examples or data_lib.count_examples(self.stream)
-        self.loader = data_lib.make_train_loader(
-            self.stream,
-            batch_size=cfg.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=acc.device.type == "cuda",
-            persistent_workers=self.num_workers > 0,
-        )
+        """The evaluation plan, the kNN monitor, this process's training stream and loader
+        (:func:`hub_cutinit.training.run_data.build_run_data`)."""
+        run_data = build_run_data(self.cfg, self.accelerator, self.raw_model)
+        self.eval_plan, self.knn = run_data.eval_plan, run_data.knn
+        self.stream, self.loader = run_data.stream, run_data.loader
+        self.num_workers, self.num_examples = run_data.num_workers, run_data.num_examples
+        self.device_augment = run_data.device_augment
 
     def lock_output_dir(self) -> None:
         """One run per ``--output-dir``: the main process takes the folder's lock file, and
@@ -272,42 +210,9 @@ class Trainer:
                 f"{self.cfg.output_dir} is in use by another run (see the main process's error)."
             )
 
-    def _resolve_num_workers(self) -> int:
-        """``--num-workers``; by default the checkpoint's on ``--resume`` with the same number
-        of processes (its data position needs it), else a choice from the CPUs and the device."""
-        cfg, acc = self.cfg, self.accelerator
-        if cfg.num_workers is not None:
-            return cfg.num_workers
-        last = latest_checkpoint(cfg.output_dir) if cfg.resume else None
-        if last is not None:
-            saved = json.loads((last / "trainer_state.json").read_text())
-            processes, workers = checkpoint_layout(last, saved)
-            if processes == acc.num_processes and workers is not None:
-                return workers
-        return data_lib.default_num_workers(
-            acc.device.type,
-            processes_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)),
-        )  # the train stream is then sharded for these workers (data.shard_for_workers)
-
     def steps_per_epoch(self) -> int | None:
         """Optimiser steps in one pass over this process's shard (``None``: unknown length)."""
-        cfg, n = self.cfg, self.num_examples
-        if n is None:
-            if cfg.max_steps is None:
-                raise ValueError(
-                    f"Cannot tell how many training images {cfg.dataset!r} has; pass "
-                    "--num-examples N or --max-steps N so the schedule knows its length."
-                )
-            return None
-        per_step = cfg.batch_size * cfg.grad_accum_steps
-        steps = n // self.accelerator.num_processes // per_step
-        if steps < 1:
-            raise ValueError(
-                f"{n} training images are too few for batch {cfg.batch_size} × "
-                f"{self.accelerator.num_processes} processes × {cfg.grad_accum_steps} "
-                "accumulation steps; lower --batch-size."
-            )
-        return steps
+        return steps_per_epoch(self.cfg, self.num_examples, self.accelerator.num_processes)
 
     def setup_optimizer(self, *, total_steps: int, steps_per_epoch: int | None = None) -> None:
         """Resolve the run record, run the method's checks, build the optimiser and schedule,
@@ -362,31 +267,11 @@ class Trainer:
             f"Resumed from {self.last_ckpt} (step {self.state.step}, epoch {self.state.epoch})."
         )
         if self._loader_state is None:
-            acc.print(self._new_layout_message(saved))
-
-    def _new_layout_message(self, saved: dict[str, Any]) -> str:
-        """The one log line of a resume on another number of processes (or data workers).
-
-        The saved data positions belong to another sharding, so they are not used: at an
-        epoch end the next epoch starts from its beginning (an exact continuation); mid-epoch,
-        the current epoch's stream restarts and its images trained on so far are seen again.
-        """
-        state, acc, last = self.state, self.accelerator, self.last_ckpt
-        assert last is not None
-        processes, workers = checkpoint_layout(last, saved)
-        was = f"{processes} process(es)" + (f" × {workers} data worker(s)" if workers else "")
-        now = f"{acc.num_processes} process(es)" + (
-            f" × {self.num_workers} data worker(s)" if self.num_workers else ""
-        )
-        head = f"--resume: {last.name} was written by {was}, this run has {now}: "
-        tail = " Model, optimiser, step and schedule continue."
-        if saved_loader_epoch(last) != state.epoch:
-            return head + f"epoch {state.epoch} starts from its beginning (exact)." + tail
-        again = state.images_seen - state.epoch_start_images
-        return (
-            head + f"the data position cannot be carried over, so epoch {state.epoch} restarts "
-            f"from its beginning and its {again:,} images trained on so far are seen again." + tail
-        )
+            acc.print(
+                layout_change_message(
+                    self.last_ckpt, saved, self.state, acc.num_processes, self.num_workers
+                )
+            )
 
     # -- one step -------------------------------------------------------------------------------
     def training_step(self, views: list[torch.Tensor]) -> StepResult:
