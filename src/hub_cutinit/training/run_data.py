@@ -7,7 +7,7 @@ method takes).
 
 Example:
     >>> from hub_cutinit.training import TrainConfig
-    >>> steps_per_epoch(TrainConfig(batch_size=64), 5000, num_processes=2)
+    >>> steps_per_epoch(TrainConfig(method="simclr", batch_size=64), 5000, num_processes=2)
     39
 """
 
@@ -115,7 +115,8 @@ def build_run_data(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module)
         augment_on=cfg.augment_on,
     )
     # under --augment-on device the loader brings [base images, view parameters]
-    augment = stream.transform.device_augment() if cfg.augment_on == "device" else None
+    transform: Any = stream.transform  # a ViewTransform (device_augment) on this path
+    augment = transform.device_augment() if cfg.augment_on == "device" else None
     loader = data_lib.make_train_loader(
         stream,
         batch_size=cfg.batch_size,
