@@ -510,14 +510,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=90.0,
+        default=150.0,
         help="per method: stop adding rounds after this many seconds (at least 3 rounds)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.batch_size = min(args.batch_size, 16)
     repeats = args.repeats or (2 if args.quick else 30)
-    inner = args.inner or 1
+    inner = args.inner or (1 if args.quick else 2)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     common.setup_threads(args.threads)
 

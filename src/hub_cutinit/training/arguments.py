@@ -351,8 +351,9 @@ class TrainConfig:
     )  # fmt: skip
     monitor_budget: float = setting(
         0.01, group="runtime", metavar="SHARE", check="share",
-        help="the convergence monitor reads every k-th logged step, k chosen from its measured "
-        "cost so that it takes at most this share of the training time (1: every logged step)",
+        help="the convergence monitor reads on step 1, then on the logged steps at which its "
+        "cumulative measured cost stays within this share of the training time (1: every "
+        "logged step)",
     )  # fmt: skip
     callbacks: list[str] = setting(
         group="runtime", metavar="MODULE:CLASS", flag="--callback", default_factory=list,
