@@ -82,6 +82,22 @@ def test_train_step(bench, tmp_path: Path) -> None:
         assert all(v["median"] > 0 for v in entry["images_per_s"].values())
 
 
+def test_step_overhead_components(bench) -> None:
+    """Each default's own work is timed and priced as a share of the step; the fused
+    optimiser is a saving (negative share) and the monitor is charged at its budget."""
+    so = bench("step_overhead")
+    small = {"proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16}
+    result = so.component_costs(
+        "byol", batch_size=8, repeats=2, backbone="test_resnet", overrides=small
+    )
+    ms, shares = result["ms"], result["share_of_step"]
+    assert set(ms) == {"step", "guard", "statistics", "reading", "fused_sgd", "default_sgd"}
+    assert all(v > 0 for v in ms.values())
+    assert shares["monitor (amortised)"] <= 0.01 + 1e-12  # --monitor-budget's default
+    assert shares["guard"] == pytest.approx(ms["guard"] / ms["step"])
+    assert result["net_share"] == pytest.approx(sum(shares.values()))
+
+
 def test_overhead(bench, tmp_path: Path) -> None:
     res = run(bench, "overhead", tmp_path, "--methods", "simclr")
     assert 0 < res["norm_tracking"]["simclr"]["share_of_step"] < 1

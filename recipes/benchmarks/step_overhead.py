@@ -81,7 +81,14 @@ def measure(method: str, *, batch_size: int, repeats: int, inner: int) -> dict[s
     }
 
 
-def component_costs(method: str, *, batch_size: int, repeats: int) -> dict[str, Any]:
+def component_costs(
+    method: str,
+    *,
+    batch_size: int,
+    repeats: int,
+    backbone: str = "resnet18",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Each default's own work timed alone, in milliseconds and as a share of the hub step.
 
     Whole-step differences of a few percent drown in the noise of a shared machine; the parts
@@ -93,7 +100,9 @@ def component_costs(method: str, *, batch_size: int, repeats: int) -> dict[str, 
     accelerator = Accelerator(cpu=True)
     views = ts.make_views(batch_size, 32)
     torch.manual_seed(0)
-    hub = ts.HubRunner(method, views, accelerator=accelerator)
+    hub = ts.HubRunner(
+        method, views, accelerator=accelerator, backbone=backbone, overrides=overrides
+    )
     hand = ts.HandRunner(hub)
     trainer = hub.trainer
     for _ in range(3):
