@@ -253,8 +253,8 @@ def test_recipe_nan_exits_non_zero_naming_the_step_and_cause(tmp_path: Path) -> 
         + ["--output-dir", str(out)],
     )
     assert run.returncode == 1, run.tail()
-    error = error_line(run.stderr, "hub_cutinit.training.trainer.NonFiniteLossError:")
-    assert error.startswith("hub_cutinit.training.trainer.NonFiniteLossError: Non-finite loss")
+    error = error_line(run.stderr, "hub_cutinit.training.failures.NonFiniteLossError:")
+    assert error.startswith("hub_cutinit.training.failures.NonFiniteLossError: Non-finite loss")
     assert "at step 2." in error and "learning rate" in error and "c=3" in error
     assert latest_checkpoint(out) is None or check_complete(latest_checkpoint(out)) == 1
     assert not partial_dirs(out) and not (out / "model.safetensors").exists()
