@@ -275,10 +275,7 @@ class NormTracker:
                 f"update() takes a dict name -> (N, d) tensor, got {type(embeddings).__name__}; "
                 'e.g. tracker.update({"projection": z}) or tracker.update(output.embeddings)'
             )
-        for name in embeddings:
-            if not isinstance(name, str):
-                raise ValueError(f"embedding names must be strings, got {name!r}")
-        self.update_norms({name: row_norms(z) for name, z in embeddings.items()})
+        self.update_norms({name: row_norms(z) for name, z in embeddings.items()})  # checks names
 
     @torch.no_grad()
     def update_norms(self, norms: Mapping[str, torch.Tensor]) -> None:
