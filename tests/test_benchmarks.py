@@ -67,6 +67,13 @@ def test_common_helpers(bench) -> None:
     spread = common.ratio([1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0], [1.0] * 7)
     low, high = spread["paired_ci95"]
     assert 0.8 <= low <= spread["paired_median"] == 1.0 <= high <= 1.2 and high - low > 0
+    # a cost in one round of ten (a monitor reading) is dropped by the median, kept by the total
+    slow_once = [1.0] * 9 + [2.0]
+    assert common.ratio([1.0] * 10, slow_once)["paired_median"] == 1.0
+    total = common.total_time_ratio(slow_once, [1.0] * 10)
+    assert total["total_ratio"] == 10 / 11
+    low, high = total["total_ci95"]
+    assert 10 / 14 <= low < 10 / 11 <= high == 1.0  # resampling draws the slow round 0-3 times
     budgeted = common.interleaved({"a": lambda: None}, repeats=100, budget_s=0.0, min_repeats=3)
     assert len(budgeted["a"]) == 3
     assert "ok" in common.format_table([common.row("x", "y", 1.0, ok=True)])
@@ -77,7 +84,19 @@ def test_train_step(bench, tmp_path: Path) -> None:
     for method in ("simclr", "byol"):
         entry = res["methods"][method]
         assert {"hub", "hand"} <= set(entry["images_per_s"])
-        assert "hub_vs_hand" in entry["ratios"]
+        assert "hub_vs_hand" in entry["ratios"] and "hub_vs_hand_twin" not in entry["ratios"]
+        ratio = entry["ratios"]["hub_vs_hand"]
+        low, high = ratio["total_ci95"]
+        assert low <= ratio["total_ratio"] <= high
+        # the A/A control: a second, identical hand-written loop timed in the same rounds
+        assert set(entry["control"]) == {
+            "median_ratio",
+            "paired_median",
+            "paired_ci95",
+            "total_ratio",
+            "total_ci95",
+        }
+        assert entry["first_loss"]["hand_twin"] == entry["first_loss"]["hand"]
         assert entry["same_computation"], entry["first_loss"]  # same weights, same loss
         assert all(v["median"] > 0 for v in entry["images_per_s"].values())
 
@@ -182,3 +201,16 @@ def test_gpu_bench_quick(bench, tmp_path: Path) -> None:
         assert all(v["median"] > 0 for v in entry["images_per_s"].values())
         assert {"hub/hand cpu", "hub/hand device", "hub device/cpu"} <= set(entry["ratios"])
         assert entry["same_computation"], entry["first_loss"]  # same weights, same first loss
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt (Linux)")
+def test_allocator_toggle(bench) -> None:
+    """Both loops are timed with mmap allowed and off; with it off (the tuning's setting, left on
+    afterwards) a step takes next to no page faults."""
+    result = bench("allocator").measure("simclr", blocks=2, steps=1, batch_size=8)
+    assert set(result) == {"hub", "hand"}
+    for row in result.values():
+        assert row["ms_mmap_on"] > 0 and row["ms_mmap_off"] > 0
+        assert row["faults_mmap_off"] < 1_000
+        low, high = row["speedup_ci95"]
+        assert low <= row["speedup_paired_median"] <= high

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(method, json.dumps(row, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        stored = {**result, "env": common.environment()}  # which machine: the CPU model, load
+        Path(args.out).write_text(json.dumps(stored, indent=1) + "\n")
     return result
 
 

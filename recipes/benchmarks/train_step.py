@@ -1,8 +1,9 @@
 """Images/s of hub_cutinit's training step against a hand-written loop and lightly.
 
 Three implementations of one SimCLR / BYOL step on the same batch of random tensors, from the
-same initial weights (the cut-initialised ones), with the same optimiser (SGD, Nesterov
-momentum 0.9, the method's weight decay and lr), timm backbone and heads of the same shapes:
+same initial weights (the cut-initialised ones), with the same optimiser settings (SGD,
+momentum 0.9, Nesterov as the method declares it: off for SimCLR, on for BYOL; the method's
+weight decay and lr), timm backbone and heads of the same shapes:
 
 - ``hub``: what :func:`hub_cutinit.training.train` runs per step: ``create_ssl_model`` +
   ``Accelerator(cpu=True)`` + ``build_optimizer`` + ``train_step``, then the norm statistics
@@ -20,6 +21,13 @@ that ``train()`` applies to the whole process (``tune_cpu_allocator`` when the l
 applied here too, so every implementation runs under them. The first
 step's losses are compared (``first_loss``): equal values show that the three compute the same
 thing. Timing: warm-up steps excluded, candidates interleaved, medians (see ``common.py``).
+An A/A control (``hand_twin``, a second hand-written loop built the same way) is timed in the
+same rounds: its ratio to ``hand`` should be 1, and how far it strays is the resolution of the
+run (on 2 shared cores: several percent, partly per-process memory placement that more rounds
+do not average away). Two ratios per pair: the paired median (the steady step; robust to this machine's noise but
+blind to the convergence monitor, whose reading every ~40 steps lands in few samples) and the
+all-rounds ratio ``sum(other) / sum(hub)`` (the run's images/s, the monitor amortised, noisier),
+each with a 95 % bootstrap interval.
 
 On a machine shared with other busy processes set ``OMP_WAIT_POLICY=PASSIVE`` (``make bench``
 does): with libgomp's spinning default, 2 threads on 2 busy cores run up to 15x slower.
@@ -48,7 +56,8 @@ except ImportError:  # run as a file: python recipes/benchmarks/train_step.py
     import common
 
 NAME = "train_step"
-IMPLEMENTATIONS = ("hub", "hand", "lightly")
+#: ``hand_twin`` is a second, identical hand-written loop: the A/A control (see :func:`compare`)
+IMPLEMENTATIONS = ("hub", "hand", "lightly", "hand_twin")
 
 
 # ------------------------------------------------------------------------------ shared bits
@@ -434,8 +443,8 @@ def build_runners(
     for impl in implementations:
         if impl == "hub":
             runners["hub"] = hub
-        elif impl == "hand":
-            runners["hand"] = HandRunner(hub, **kwargs)
+        elif impl in ("hand", "hand_twin"):
+            runners[impl] = HandRunner(hub, **kwargs)
         elif impl == "lightly":
             runners["lightly"] = LightlyRunner(hub, **kwargs)
         else:
@@ -465,8 +474,16 @@ def compare(
         "first_loss": {k: r.first_loss for k, r in runners.items()},
     }
     for other in runners:
-        if other != "hub" and "hub" in runners:
-            result["ratios"][f"hub_vs_{other}"] = common.ratio(ips["hub"], ips[other])
+        if other not in ("hub", "hand_twin") and "hub" in runners:
+            result["ratios"][f"hub_vs_{other}"] = {
+                **common.ratio(ips["hub"], ips[other]),
+                **common.total_time_ratio(samples["hub"], samples[other]),
+            }
+    if {"hand", "hand_twin"} <= set(runners):  # two identical loops: the noise floor
+        result["control"] = {
+            **common.ratio(ips["hand_twin"], ips["hand"]),
+            **common.total_time_ratio(samples["hand_twin"], samples["hand"]),
+        }
     losses = [v for v in result["first_loss"].values() if v is not None]
     if losses:
         spread = max(losses) - min(losses)
@@ -495,6 +512,61 @@ def interleaved_steps(
         after_sample=hook,
         budget_s=budget_s,
     )
+
+
+def ratio_rows(
+    metric: str, value: float, interval: Sequence[float], target: float | None
+) -> list[dict[str, Any]]:
+    """Two summary rows: the ratio (against ``target`` when given; ``None``: the A/A control,
+    whose target is the noise floor) and its 95 % interval."""
+    low, high = interval
+    checked = (
+        {"target": f">= {target:g}", "ok": value >= target}
+        if target is not None
+        else {"target": "the noise floor"}
+    )
+    return [
+        common.row(NAME, metric, value, unit="x", **checked),
+        common.row(NAME, f"{metric} 95% interval", f"{low:.3f}-{high:.3f}", unit="x"),
+    ]
+
+
+def summary_rows(method: str, res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary rows of one method's result (:func:`compare`'s dict plus ``rounds``)."""
+    rows: list[dict[str, Any]] = []
+    for impl, summary in res["images_per_s"].items():
+        rows.append(common.row(NAME, f"{method} {impl} images/s", summary["median"]))
+    targets = {"hub_vs_hand": 0.98, "hub_vs_lightly": 1.0}
+    for key, value in res["ratios"].items():
+        pair, target = key.replace("_vs_", "/"), targets.get(key, 0.0)
+        rows += ratio_rows(
+            f"{method} {pair} images/s", value["paired_median"], value["paired_ci95"], target
+        )
+        rows += ratio_rows(
+            f"{method} {pair} all rounds (monitor amortised)",
+            value["total_ratio"],
+            value["total_ci95"],
+            target,
+        )
+    if "control" in res:
+        control = res["control"]
+        rows += ratio_rows(
+            f"{method} A/A control: hand_twin/hand (identical loops)",
+            control["paired_median"],
+            control["paired_ci95"],
+            None,
+        )
+    if "same_computation" in res:
+        rows.append(
+            common.row(
+                NAME,
+                f"{method} first-step loss spread",
+                res["first_loss_spread"],
+                target="<= 1e-4",
+                ok=res["same_computation"],
+            )
+        )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -567,41 +639,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         res["rounds"] = len(res["step_s"]["hub"])
         result["methods"][method] = res
-        for impl, summary in res["images_per_s"].items():
-            rows.append(common.row(NAME, f"{method} {impl} images/s", summary["median"]))
-        targets = {"hub_vs_hand": 0.98, "hub_vs_lightly": 1.0}
-        for key, value in res["ratios"].items():
-            target = targets.get(key, 0.0)
-            paired = value["paired_median"]
-            low, high = value["paired_ci95"]
-            rows.append(
-                common.row(
-                    NAME,
-                    f"{method} {key.replace('_vs_', '/')} images/s",
-                    paired,
-                    unit="x",
-                    target=f">= {target:g}",
-                    ok=paired >= target,
-                )
-            )
-            rows.append(
-                common.row(
-                    NAME,
-                    f"{method} {key.replace('_vs_', '/')} 95% interval",
-                    f"{low:.3f}-{high:.3f}",
-                    unit="x",
-                )
-            )
-        if "same_computation" in res:
-            rows.append(
-                common.row(
-                    NAME,
-                    f"{method} first-step loss spread",
-                    res["first_loss_spread"],
-                    target="<= 1e-4",
-                    ok=res["same_computation"],
-                )
-            )
+        rows += summary_rows(method, res)
         del runners
     result["summary"] = rows
     print(common.format_table(rows))
