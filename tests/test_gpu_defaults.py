@@ -301,8 +301,10 @@ def test_the_cpu_guard_reads_the_flag_and_zeroes_only_bad_steps() -> None:
 
 _FAULTS_OF_LARGE_BLOCKS = """
 import resource, sys, torch
-from hub_cutinit.training.device_defaults import tune_cpu_allocator
-tuned = tune_cpu_allocator() if sys.argv[1] == "tuned" else False
+tuned = False
+if sys.argv[1] == "tuned":
+    from hub_cutinit.training.device_defaults import tune_cpu_allocator
+    tuned = tune_cpu_allocator()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 counts = []

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -247,8 +248,12 @@ def test_dropped_upload_is_retried_as_one_commit(fake_hub, tmp_path: Path) -> No
 
 
 def test_dropped_upload_after_all_retries_is_clear_and_changes_nothing(
-    fake_hub, tmp_path: Path
+    fake_hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import huggingface_hub.utils._http as hf_http
+
+    waits: list[float] = []  # huggingface_hub's own back-off (1, 2, 4, 8, 8 s per request)
+    monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(sleep=waits.append))
     first, _ = _saved(tmp_path, "a", 0)
     repo = f"{HUB_USER}/flaky"
     push_to_hub(first, repo, base_delay=0.01)
@@ -261,6 +266,7 @@ def test_dropped_upload_after_all_retries_is_clear_and_changes_nothing(
     assert len(fake_hub.commits(repo)) == 2  # nothing of the failed push landed
     _consistent(fake_hub.files(repo), first)  # config.json and weights of the same save
     assert _digests(second) == before
+    assert waits  # the dropped connections went through huggingface_hub's retries too
     fake_hub.drops.clear()
     push_to_hub(second, repo, base_delay=0.01)
     _consistent(fake_hub.files(repo), second)

@@ -284,6 +284,7 @@ def test_convergence_study_passes_its_backbone_and_schedule_to_every_run(tmp_pat
     assert spare.c == 9 and spare.cut_spare == ["bias"]
 
 
+@pytest.mark.slow  # ~45 s of compilation on 2 cores: make test-all
 def test_compile_trains_one_step_like_the_eager_model() -> None:
     """``--compile`` (torch.compile in place): one CPU step gives the eager loss and update, and
     the parameter names (checkpoints, saves) are unchanged. ~50 s on 2 busy cores (compile)."""
